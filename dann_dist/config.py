@@ -1,0 +1,172 @@
+"""Training configuration: one frozen dataclass, its absl flags, and validation.
+
+Every field of `Config` is a flag of the same name (the data flags are registered
+by `dann_dist.data.define_flags`). Defaults are the paper's MNIST -> MNIST-M recipe
+(Ganin et al., JMLR 2016, section 5.2); `configs/*.cfg` override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from absl import flags
+
+ADAPTATIONS = ("dann", "source_only", "target_only")
+ADVERSARIAL_LOSSES = ("grl", "flipped_labels")
+HEADS = ("paper", "bn")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("annealed", "constant")
+LR_SCALINGS = ("none", "linear")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("auto", "horovod", "mirrored", "multi_worker", "single")
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; raised before any heavy work starts."""
+
+
+def _field(default: Any, help_text: str, choices: tuple[str, ...] | None = None):
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Where things go.
+    model_dir: str = _field("runs/dann", "Checkpoints, TensorBoard events and the export. "
+                            "Running the same command again resumes from here.")
+    # Data (flags registered by dann_dist.data.define_flags).
+    data_dir: str = _field("", "see dann_dist.data")
+    mnist_path: str = _field("", "see dann_dist.data")
+    mnistm_path: str = _field("", "see dann_dist.data")
+    bsds_path: str = _field("", "see dann_dist.data")
+    mnistm_seed: int = _field(42, "see dann_dist.data")
+
+    # What is trained.
+    adaptation: str = _field("dann", "dann: adversarial adaptation; source_only: lambda=0 "
+                             "(the paper's lower bound); target_only: train on labelled target "
+                             "(the paper's upper bound).", ADAPTATIONS)
+    adversarial_loss: str = _field("grl", "grl: gradient reversal layer (paper); flipped_labels: "
+                                   "the extractor minimises the domain loss with swapped domain "
+                                   "labels (origin script, GAN-style).", ADVERSARIAL_LOSSES)
+    classifier_head: str = _field("paper", "paper: dense 100-100-10; bn: the origin script's "
+                                  "BatchNorm/LeakyReLU head.", HEADS)
+    discriminator_head: str = _field("paper", "paper: dense 100-1; bn: the origin script's "
+                                     "deeper BatchNorm MLP (256-128-64-32-1).", HEADS)
+    sync_batchnorm: bool = _field(False, "Synchronise BatchNorm statistics across replicas "
+                                  "(tf.distribute backends; Horovod keeps per-rank statistics).")
+
+    # Optimisation (paper: SGD momentum 0.9, mu_p = mu_0 / (1 + alpha p)^beta).
+    train_steps: int = _field(12000, "Total optimisation steps; p = step / train_steps.")
+    batch_size: int = _field(64, "GLOBAL batch per domain: each step sees batch_size source and "
+                             "batch_size target images, split evenly over all replicas.")
+    optimizer: str = _field("sgd", "Optimizer of all three models.", OPTIMIZERS)
+    learning_rate: float = _field(0.01, "mu_0, the initial learning rate.")
+    momentum: float = _field(0.9, "SGD momentum.")
+    lr_schedule: str = _field("annealed", "annealed: mu_0 / (1 + alpha p)^beta per step; "
+                              "constant: mu_0.", LR_SCHEDULES)
+    lr_alpha: float = _field(10.0, "alpha of the annealed learning rate.")
+    lr_beta: float = _field(0.75, "beta of the annealed learning rate.")
+    lr_scaling: str = _field("none", "How mu_0 follows the global batch: none, or linear "
+                             "(mu_0 * batch_size / lr_base_batch).", LR_SCALINGS)
+    lr_base_batch: int = _field(64, "Reference batch for --lr_scaling=linear.")
+    gamma: float = _field(10.0, "gamma of the adaptation factor lambda_p = 2/(1+exp(-gamma p)) - 1.")
+    lambda_max: float = _field(1.0, "Upper value of lambda_p (the paper uses 1).")
+
+    # Run mechanics.
+    seed: int = _field(0, "Seed of weights, shuffles and dropout.")
+    strategy: str = _field("auto", "auto: horovod if launched by horovodrun/mpirun, mirrored if "
+                           "several GPUs are visible, else single.", STRATEGIES)
+    precision: str = _field("float32", "mixed_bfloat16 (CPU/TPU/Ampere+), mixed_float16 (GPU, "
+                            "with dynamic loss scaling).", PRECISIONS)
+    jit_compile: bool = _field(False, "Compile the train step with XLA.")
+    deterministic: bool = _field(False, "tf.config.experimental.enable_op_determinism(): "
+                                 "bit-identical reruns and resumes, slower.")
+    log_every: int = _field(200, "Steps between progress lines and train summaries.")
+    eval_every: int = _field(2000, "Steps between evaluations on both test sets (0: only at the end).")
+    eval_batch_size: int = _field(1000, "Batch of the evaluation forward passes.")
+    checkpoint_every: int = _field(1000, "Steps between checkpoints.")
+    keep_checkpoints: int = _field(3, "How many checkpoints to keep.")
+    export: bool = _field(True, "Export extractor+classifier as a SavedModel at the end.")
+    max_train_examples: int = _field(0, "Use only the first N training images of each domain "
+                                     "(0: all). For smoke tests.")
+    max_test_examples: int = _field(0, "Evaluate on only the first N test images (0: all).")
+    debug_nan_step: int = _field(-1, "Testing aid: make the loss NaN at this step.")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        if self.lr_scaling == "linear":
+            return self.learning_rate * self.batch_size / self.lr_base_batch
+        return self.learning_rate
+
+
+_DATA_FLAGS = ("data_dir", "mnist_path", "mnistm_path", "bsds_path", "mnistm_seed")
+
+
+def define_flags() -> None:
+    """Registers one absl flag per Config field (call once, before app.run)."""
+    from dann_dist.data import define_flags as define_data_flags
+
+    define_data_flags()
+    for field in dataclasses.fields(Config):
+        if field.name in _DATA_FLAGS:
+            continue
+        help_text, choices = field.metadata["help"], field.metadata["choices"]
+        if choices:
+            flags.DEFINE_enum(field.name, field.default, list(choices), help_text)
+        elif field.type == "bool":
+            flags.DEFINE_bool(field.name, field.default, help_text)
+        elif field.type == "int":
+            flags.DEFINE_integer(field.name, field.default, help_text)
+        elif field.type == "float":
+            flags.DEFINE_float(field.name, field.default, help_text)
+        else:
+            flags.DEFINE_string(field.name, field.default, help_text)
+
+
+def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
+    values = {}
+    for field in dataclasses.fields(Config):
+        value = flag_values[field.name].value
+        values[field.name] = "" if value is None and field.type == "str" else value
+    return validate(Config(**values))
+
+
+def validate(config: Config) -> Config:
+    """Rejects settings that would fail later, naming the flag and the fix."""
+    positive = ("train_steps", "batch_size", "log_every", "eval_batch_size", "checkpoint_every",
+                "keep_checkpoints", "lr_base_batch")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name}={getattr(config, name)}: must be a positive integer.")
+    for name in ("eval_every", "max_train_examples", "max_test_examples"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"--{name}={getattr(config, name)}: must be >= 0.")
+    if config.learning_rate <= 0:
+        raise ConfigError(f"--learning_rate={config.learning_rate}: must be > 0.")
+    if not 0 <= config.momentum < 1:
+        raise ConfigError(f"--momentum={config.momentum}: must be in [0, 1).")
+    if not config.model_dir:
+        raise ConfigError("--model_dir is empty: give a directory for checkpoints and summaries.")
+    for field in dataclasses.fields(Config):
+        choices = field.metadata["choices"]
+        if choices and getattr(config, field.name) not in choices:
+            raise ConfigError(f"--{field.name}={getattr(config, field.name)!r}: "
+                              f"choose one of {', '.join(choices)}.")
+    _check_writable(config.model_dir, "--model_dir")
+    return config
+
+
+def _check_writable(path: str, flag: str) -> None:
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{flag}={path}: {existing} exists and is not a directory.")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"{flag}={path}: {existing} is not writable; choose another directory.")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,112 @@
+"""Paired, sharded tf.data input for training and batched input for evaluation.
+
+Sharding rule: global step k uses the global batch k of each domain (a stateless
+shuffle per epoch, keyed by seed and epoch). Input pipeline i of P, serving R replicas
+of per-replica batch b, takes the i-th contiguous block of R*b examples of that global
+batch and hands it out as R consecutive batches of b. Hence shards are disjoint, every
+replica runs the same number of steps (the streams repeat forever; the trainer stops
+all replicas at the same step), the union over replicas is exactly what one device at
+the global batch would see, and a resumed run re-enters the stream at its step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+SOURCE_STREAM, TARGET_STREAM = 0, 1
+
+
+def channel_mean(*image_sets: np.ndarray) -> np.ndarray:
+    """Per-channel mean of [0,1]-scaled images over all sets (grayscale counts as RGB)."""
+    total, count = np.zeros(3, np.float64), 0
+    for images in image_sets:
+        flat = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        total += flat.sum(axis=0)  # broadcasts a single gray channel over RGB
+        count += flat.shape[0]
+    return (total / count).astype(np.float32)
+
+
+def to_model_input(images: tf.Tensor, mean) -> tf.Tensor:
+    """uint8 [..., 28, 28, 1 or 3] -> float32 RGB in [0,1] minus the training mean."""
+    x = tf.cast(images, tf.float32) / 255.0
+    if x.shape[-1] == 1:
+        x = tf.tile(x, [1] * (x.shape.rank - 1) + [3])
+    return x - tf.constant(mean, tf.float32)
+
+
+def index_batches(num_examples: int, global_batch: int, seed: int, stream: int,
+                  start_step: int = 0) -> tf.data.Dataset:
+    """Infinite dataset of int32 [global_batch] index vectors, one per step, from step
+    `start_step` on. Each epoch is a fresh permutation; the tail that does not fill a
+    batch is left for the next epoch's shuffle to pick up."""
+    steps_per_epoch = num_examples // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"global batch {global_batch} exceeds the {num_examples} training "
+                         "examples of a domain: lower --batch_size.")
+    first_epoch, offset = divmod(start_step, steps_per_epoch)
+
+    def epoch_batches(epoch):
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(num_examples, dtype=tf.int32),
+            seed=tf.stack([tf.cast(seed, tf.int64), epoch * 2 + stream]))
+        return tf.data.Dataset.from_tensor_slices(
+            tf.reshape(perm[:steps_per_epoch * global_batch], [steps_per_epoch, global_batch]))
+
+    epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+    return epochs.flat_map(epoch_batches).skip(offset)
+
+
+def replica_indices(indices: tf.data.Dataset, per_replica_batch: int, replicas_per_pipeline: int,
+                    pipeline_index: int) -> tf.data.Dataset:
+    """Global index batches -> this pipeline's R consecutive per-replica batches."""
+    block = per_replica_batch * replicas_per_pipeline
+    start = pipeline_index * block
+
+    def split(batch):
+        return tf.data.Dataset.from_tensor_slices(
+            tf.reshape(batch[start:start + block], [replicas_per_pipeline, per_replica_batch]))
+
+    return indices.flat_map(split)
+
+
+def train_dataset(source_images: np.ndarray, source_labels: np.ndarray, target_images: np.ndarray,
+                  *, mean, per_replica_batch: int, seed: int, replicas_per_pipeline: int = 1,
+                  pipeline_index: int = 0, num_pipelines: int = 1, start_step: int = 0) -> tf.data.Dataset:
+    """Infinite paired batches {source_images, source_labels, target_images} for one
+    input pipeline (a Horovod rank, or a tf.distribute worker serving R replicas)."""
+    if not 0 <= pipeline_index < num_pipelines:
+        raise ValueError(f"pipeline_index {pipeline_index} not in [0, {num_pipelines})")
+    global_batch = per_replica_batch * replicas_per_pipeline * num_pipelines
+
+    def stream(num_examples, which):
+        return replica_indices(index_batches(num_examples, global_batch, seed, which, start_step),
+                               per_replica_batch, replicas_per_pipeline, pipeline_index)
+
+    source_x = tf.constant(source_images)
+    source_y = tf.constant(source_labels.astype(np.int32))
+    target_x = tf.constant(target_images)
+
+    def gather(source_idx, target_idx):
+        return {
+            "source_images": to_model_input(tf.gather(source_x, source_idx), mean),
+            "source_labels": tf.gather(source_y, source_idx),
+            "target_images": to_model_input(tf.gather(target_x, target_idx), mean),
+        }
+
+    paired = tf.data.Dataset.zip((stream(len(source_images), SOURCE_STREAM),
+                                  stream(len(target_images), TARGET_STREAM)))
+    options = tf.data.Options()
+    options.deterministic = True
+    # Sharding is done by index above; tf.distribute must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return (paired.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE).with_options(options))
+
+
+def eval_dataset(images: np.ndarray, labels: np.ndarray, *, mean, batch_size: int) -> tf.data.Dataset:
+    """Finite, ordered batches (images, labels) of a whole test set."""
+    return (tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+            .batch(batch_size)
+            .map(lambda x, y: (to_model_input(x, mean), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))

@@ -1,0 +1,215 @@
+"""Where the train step runs: the one place that knows about Horovod and tf.distribute.
+
+A Backend answers: how many replicas and input pipelines exist, which process is the
+chief, how to build variables (scope), how to feed input, how to run the per-replica
+step, how to all-reduce gradients and metric sums, and how to start every replica
+from the same weights. The train step itself (step.py) never mentions a backend type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Callable
+
+import tensorflow as tf
+from absl import logging
+
+from dann_dist.config import Config, ConfigError
+
+# Variables set by horovodrun (gloo) and by mpirun (Open MPI, MPICH/Intel MPI, Slurm PMI).
+_LAUNCHER_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+
+
+class Backend:
+    name = "single"
+    num_replicas = 1          # replicas over all processes
+    num_pipelines = 1         # input pipelines (processes feeding data)
+    pipeline_index = 0
+    replicas_per_pipeline = 1
+    is_chief = True
+    reason = ""
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def global_batch(self, per_domain_batch: int) -> int:
+        return per_domain_batch
+
+    def per_replica_batch(self, global_batch: int) -> int:
+        if global_batch % self.num_replicas:
+            raise ConfigError(f"--batch_size={global_batch} is not divisible by the "
+                              f"{self.num_replicas} replicas of --strategy={self.name}: use a "
+                              f"multiple of {self.num_replicas}.")
+        return global_batch // self.num_replicas
+
+    def distribute(self, dataset_fn: Callable[[int, int, int], tf.data.Dataset]):
+        """dataset_fn(pipeline_index, num_pipelines, replicas_per_pipeline) -> per-replica
+        batches. Returns an iterator the train step can call next() on."""
+        return iter(dataset_fn(self.pipeline_index, self.num_pipelines, self.replicas_per_pipeline))
+
+    def run(self, fn: Callable, args: tuple):
+        return fn(*args)
+
+    def all_reduce_gradients(self, grads: list) -> list:
+        return grads
+
+    def sum_over_replicas(self, value):
+        return value
+
+    def broadcast_initial_state(self, variables: list) -> None:
+        """Makes every replica start from the chief's values (no-op when variables are
+        created mirrored or there is one process)."""
+
+    def checkpoint_dir(self, model_dir: str) -> str:
+        return model_dir
+
+    def barrier(self) -> None:
+        pass
+
+    def describe(self, global_batch: int) -> str:
+        per_replica = global_batch // self.num_replicas
+        return (f"strategy={self.name} ({self.reason}); replicas={self.num_replicas}, "
+                f"input pipelines={self.num_pipelines}; batch per domain: global={global_batch}, "
+                f"per pipeline/host={per_replica * self.replicas_per_pipeline}, "
+                f"per replica={per_replica}")
+
+
+class SingleDevice(Backend):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class TfDistribute(Backend):
+    """MirroredStrategy (one host) or MultiWorkerMirroredStrategy (TF_CONFIG)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, name: str, reason: str):
+        self.strategy = strategy
+        self.name = name
+        self.reason = reason
+        self.num_replicas = strategy.num_replicas_in_sync
+        resolver = getattr(strategy.extended, "_cluster_resolver", None)
+        if name == "multi_worker" and resolver is not None:
+            task_type, task_id = resolver.task_type, resolver.task_id
+            workers = resolver.cluster_spec().as_dict().get("worker", [])
+            chiefs = resolver.cluster_spec().as_dict().get("chief", [])
+            self.num_pipelines = max(1, len(workers) + len(chiefs))
+            self.pipeline_index = task_id + (len(chiefs) if task_type == "worker" else 0)
+            # The chief writes; with no explicit chief task, worker 0 is the chief.
+            self.is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not chiefs)
+            self._task = (task_type, task_id)
+        self.replicas_per_pipeline = self.num_replicas // self.num_pipelines
+
+    def scope(self):
+        return self.strategy.scope()
+
+    def distribute(self, dataset_fn):
+        def fn(ctx: tf.distribute.InputContext):
+            return dataset_fn(ctx.input_pipeline_id, ctx.num_input_pipelines,
+                              self.num_replicas // ctx.num_input_pipelines)
+        return iter(self.strategy.distribute_datasets_from_function(fn))
+
+    def run(self, fn, args):
+        return self.strategy.run(fn, args=args)
+
+    def all_reduce_gradients(self, grads):
+        # Keras 3 optimizers sum gradients over replicas inside apply() under a
+        # tf.distribute strategy; reducing here as well would count them twice.
+        return grads
+
+    def sum_over_replicas(self, value):
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+    def checkpoint_dir(self, model_dir: str) -> str:
+        # MultiWorkerMirroredStrategy: every worker must take part in saving; only the
+        # chief's copy is kept, the others write to a scratch dir and delete it.
+        if self.is_chief or self.name != "multi_worker":
+            return model_dir
+        return os.path.join(model_dir, "workers_tmp", f"{self._task[0]}_{self._task[1]}")
+
+
+class Horovod(Backend):
+    name = "horovod"
+
+    def __init__(self, hvd, reason: str):
+        self.hvd = hvd
+        self.reason = reason
+        self.num_replicas = hvd.size()
+        self.num_pipelines = hvd.size()
+        self.pipeline_index = hvd.rank()
+        self.is_chief = hvd.rank() == 0
+
+    def all_reduce_gradients(self, grads):
+        # One fused call for the three groups; losses are already divided by the global
+        # batch, so the sum is the global mean gradient.
+        return self.hvd.grouped_allreduce(list(grads), op=self.hvd.Sum)
+
+    def sum_over_replicas(self, value):
+        return self.hvd.allreduce(value, op=self.hvd.Sum)
+
+    def broadcast_initial_state(self, variables):
+        # Keras 3 variables are not tf.Variables; Horovod needs the underlying ones.
+        self.hvd.broadcast_variables([getattr(v, "value", v) for v in variables], root_rank=0)
+
+    def barrier(self):
+        self.hvd.allreduce(tf.constant(0.0), op=self.hvd.Sum, name="barrier")
+
+
+def launched_by_horovod() -> bool:
+    return any(var in os.environ for var in _LAUNCHER_VARS)
+
+
+def _import_horovod():
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError as err:
+        raise ConfigError(
+            f"--strategy=horovod but Horovod cannot be imported ({err}). Run `make setup` to "
+            "build it, or use --strategy=mirrored|single.") from err
+    return hvd
+
+
+def _gpus() -> list:
+    return tf.config.list_physical_devices("GPU")
+
+
+def make_backend(config: Config) -> Backend:
+    """Initialises the chosen backend (call before any other TensorFlow work)."""
+    strategy = config.strategy
+    reason = "asked for"
+    if strategy == "auto":
+        if launched_by_horovod():
+            strategy, reason = "horovod", "auto: launched by horovodrun/mpirun"
+        elif "TF_CONFIG" in os.environ and json.loads(os.environ["TF_CONFIG"]).get("cluster"):
+            strategy, reason = "multi_worker", "auto: TF_CONFIG names a cluster"
+        elif len(_gpus()) > 1:
+            strategy, reason = "mirrored", f"auto: {len(_gpus())} GPUs visible"
+        else:
+            strategy, reason = "single", "auto: one process, at most one GPU"
+
+    if strategy == "horovod":
+        if not launched_by_horovod():
+            raise ConfigError(
+                "--strategy=horovod needs a launcher: run `horovodrun -np N python -m "
+                "dann_dist.train ...` (or mpirun), or use --strategy=mirrored|single.")
+        hvd = _import_horovod()
+        hvd.init()
+        gpus = _gpus()
+        if gpus:
+            # One GPU per local rank; memory growth so ranks sharing a host coexist.
+            gpu = gpus[hvd.local_rank() % len(gpus)]
+            tf.config.experimental.set_memory_growth(gpu, True)
+            tf.config.set_visible_devices(gpu, "GPU")
+        return Horovod(hvd, reason)
+    if strategy == "mirrored":
+        devices = [d.name.replace("/physical_device:", "/") for d in _gpus()] or None
+        if devices is None:
+            cpus = tf.config.list_logical_devices("CPU")
+            devices = [d.name for d in cpus]
+        return TfDistribute(tf.distribute.MirroredStrategy(devices), "mirrored", reason)
+    if strategy == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("--strategy=multi_worker needs TF_CONFIG (see launch/multi_worker.sh).")
+        return TfDistribute(tf.distribute.MultiWorkerMirroredStrategy(), "multi_worker", reason)
+    return SingleDevice(reason)

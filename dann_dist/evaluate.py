@@ -1,0 +1,104 @@
+"""Evaluate a trained run: source and target test accuracy and loss, domain accuracy.
+
+  python -m dann_dist.evaluate --model_dir=runs/dann [--checkpoint=PATH]
+
+Uses the newest checkpoint (the final model: selection never looks at target labels).
+Target labels are used only to report target accuracy. The last stdout line is one
+JSON object with source_accuracy, target_accuracy, domain_accuracy, source_loss,
+target_loss, `step` and the checkpoint path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+from absl import app, flags
+
+from dann_dist import cli
+from dann_dist.config import Config
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    from dann_dist.data import define_flags as define_data_flags
+
+    define_data_flags()
+    flags.DEFINE_string("model_dir", None, "A --model_dir written by dann_dist.train.", required=True)
+    flags.DEFINE_string("checkpoint", "", "A checkpoint path (default: the newest in --model_dir).")
+    flags.DEFINE_integer("eval_batch_size", 1000, "Batch of the forward passes.", lower_bound=1)
+    flags.DEFINE_integer("max_test_examples", 0, "Only the first N test images (0: all).", lower_bound=0)
+
+
+def load_run(model_dir: str) -> tuple[Config, np.ndarray]:
+    from dann_dist.trainer import RUN_RECORD
+
+    path = os.path.join(model_dir, RUN_RECORD)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --model_dir must be a directory written by "
+                                "dann_dist.train.")
+    with open(path) as f:
+        record = json.load(f)
+    known = {f.name for f in dataclasses.fields(Config)}
+    config = Config(**{k: v for k, v in record["config"].items() if k in known})
+    return config, np.asarray(record["channel_mean"], np.float32)
+
+
+def evaluate_run(model_dir: str, checkpoint: str = "", eval_batch_size: int = 1000,
+                 max_test_examples: int = 0, data_overrides: dict | None = None, domains=None) -> dict:
+    from dann_dist import checkpoints, step as step_lib
+    from dann_dist.evaluation import make_evaluator
+    from dann_dist.models import build_models
+    from dann_dist.trainer import load_domains
+
+    config, mean = load_run(model_dir)
+    config = dataclasses.replace(config, **(data_overrides or {}))
+    models = build_models(config.classifier_head, config.discriminator_head)
+    state = step_lib.create_state(models, config)
+    manager = checkpoints.make_manager(state.trackables(), model_dir, keep=config.keep_checkpoints)
+    if checkpoint:
+        manager.checkpoint.restore(checkpoint).assert_existing_objects_matched()
+        path = checkpoint
+    else:
+        path = checkpoints.restore_latest(manager)
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {model_dir}: train first.")
+    source, target = domains or load_domains(config)
+    n = max_test_examples or None
+    test_sets = {"source": (source.x_test[:n], source.y_test[:n]),
+                 "target": (target.x_test[:n], target.y_test[:n])}
+    metrics = make_evaluator(models)(test_sets, mean, eval_batch_size)
+    metrics.update(step=int(state.step.numpy()), checkpoint=path)
+    return metrics
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}", cli.EXIT_USAGE)
+    from dann_dist.data import DataError
+
+    overrides = {name: FLAGS[name].value for name in
+                 ("data_dir", "mnist_path", "mnistm_path", "bsds_path", "mnistm_seed")
+                 if FLAGS[name].present}
+    try:
+        metrics = evaluate_run(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.eval_batch_size,
+                               FLAGS.max_test_examples, overrides)
+    except FileNotFoundError as err:
+        cli.fail(str(err), cli.EXIT_USAGE)
+    except DataError as err:
+        cli.fail(str(err), cli.EXIT_ERROR)
+    for name in ("source_accuracy", "target_accuracy", "domain_accuracy"):
+        print(f"{name}: {metrics[name]:.4f}")
+    print(json.dumps(metrics, sort_keys=True), flush=True)
+
+
+def run() -> None:
+    define_flags()
+    app.run(main, flags_parser=cli.parse_flags_or_exit)
+
+
+if __name__ == "__main__":
+    run()

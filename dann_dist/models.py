@@ -1,0 +1,83 @@
+"""The three DANN networks and the gradient reversal layer.
+
+Architecture of Ganin et al. (JMLR 2016, section 5.2) for MNIST -> MNIST-M; the `bn`
+heads are the origin script's BatchNorm/LeakyReLU MLPs. Heads output logits: the
+softmax/sigmoid live in the losses (numerically stable) and in the export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+IMAGE_SHAPE = (28, 28, 3)
+NUM_CLASSES = 10
+
+
+@tf.custom_gradient
+def reverse_gradient(x, lam):
+    """Identity forward; multiplies the incoming gradient by -lam backward."""
+    def grad(upstream):
+        return -lam * upstream, None
+    return tf.identity(x), grad
+
+
+def feature_extractor() -> keras.Model:
+    return keras.Sequential([
+        keras.Input(IMAGE_SHAPE),
+        layers.Conv2D(32, 5, activation="relu"),
+        layers.MaxPool2D(2, 2),
+        layers.Conv2D(48, 5, activation="relu"),
+        layers.MaxPool2D(2, 2),
+        layers.Flatten(),
+    ], name="feature_extractor")
+
+
+def _bn_block(units: int, synchronized: bool) -> list:
+    return [layers.Dense(units, use_bias=False),
+            layers.BatchNormalization(synchronized=synchronized),
+            layers.LeakyReLU()]
+
+
+def label_classifier(feature_dim: int, head: str = "paper", synchronized: bool = False) -> keras.Model:
+    if head == "paper":
+        hidden = [layers.Dense(100, activation="relu"), layers.Dense(100, activation="relu")]
+    else:
+        hidden = _bn_block(100, synchronized) + _bn_block(100, synchronized)
+    # float32 logits keep the softmax stable under mixed precision.
+    return keras.Sequential([keras.Input((feature_dim,)), *hidden,
+                             layers.Dense(NUM_CLASSES, dtype="float32")], name="label_classifier")
+
+
+def domain_discriminator(feature_dim: int, head: str = "paper", synchronized: bool = False) -> keras.Model:
+    if head == "paper":
+        hidden = [layers.Dense(100, activation="relu")]
+    else:
+        hidden = [block for units in (256, 128, 64, 32) for block in _bn_block(units, synchronized)]
+    return keras.Sequential([keras.Input((feature_dim,)), *hidden,
+                             layers.Dense(1, dtype="float32")], name="domain_discriminator")
+
+
+@dataclasses.dataclass
+class DannModels:
+    extractor: keras.Model
+    classifier: keras.Model
+    discriminator: keras.Model
+
+    @property
+    def groups(self) -> tuple[keras.Model, keras.Model, keras.Model]:
+        return (self.extractor, self.classifier, self.discriminator)
+
+
+def build_models(classifier_head: str = "paper", discriminator_head: str = "paper",
+                 sync_batchnorm: bool = False) -> DannModels:
+    extractor = feature_extractor()
+    feature_dim = extractor.output_shape[-1]
+    return DannModels(
+        extractor=extractor,
+        classifier=label_classifier(feature_dim, classifier_head, sync_batchnorm),
+        discriminator=domain_discriminator(feature_dim, discriminator_head, sync_batchnorm),
+    )

@@ -1,0 +1,152 @@
+"""The DANN train step, written once and run by every backend.
+
+A step has three stages so that a backend can sit between them:
+  1. `compute_gradients` (per replica, XLA-compilable): forward pass of both domains,
+     the label and domain losses, and the gradients of all three models;
+  2. `backend.all_reduce_gradients`: identity on one device, one fused Horovod
+     all-reduce, or nothing under tf.distribute (Keras optimizers sum across replicas);
+  3. three optimizers apply their group.
+Per-replica losses are divided by the GLOBAL batch, so summing gradients (and metric
+sums) over replicas gives exactly the single-device mean over the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from dann_dist import schedules
+from dann_dist.config import Config
+from dann_dist.models import DannModels, reverse_gradient
+
+# Order of the metric sums each replica returns; the trainer divides by the counts.
+METRIC_SUMS = ("label_loss", "domain_loss", "label_correct", "domain_correct")
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a checkpoint holds and a step changes."""
+    models: DannModels
+    optimizers: tuple[keras.optimizers.Optimizer, ...]
+    step: tf.Variable
+
+    def trackables(self) -> dict:
+        names = ("extractor", "classifier", "discriminator")
+        out = {"step": self.step}
+        out.update(zip(names, self.models.groups))
+        out.update((f"{n}_optimizer", o) for n, o in zip(names, self.optimizers))
+        return out
+
+    def all_variables(self) -> list:
+        variables = [v for m in self.models.groups for v in m.variables]
+        variables += [v for o in self.optimizers for v in o.variables]
+        return variables
+
+
+def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
+    lr = config.effective_learning_rate
+    if config.lr_schedule == "annealed":
+        lr = schedules.AnnealedLearningRate(lr, config.train_steps, config.lr_alpha, config.lr_beta)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=config.momentum)
+    return keras.optimizers.Adam(lr)
+
+
+def create_state(models: DannModels, config: Config) -> TrainState:
+    """Creates optimizers with their slots, so that every replica and rank holds the
+    complete state from the start (Horovod broadcasts it; checkpoints restore it)."""
+    optimizers = tuple(make_optimizer(config) for _ in models.groups)
+    for optimizer, model in zip(optimizers, models.groups):
+        optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    return TrainState(models, optimizers, step)
+
+
+def adaptation_factor(config: Config, step) -> tf.Tensor:
+    if config.adaptation != "dann":
+        return tf.constant(0.0)
+    p = schedules.progress(step, config.train_steps)
+    return schedules.adaptation_factor(p, config.gamma, config.lambda_max)
+
+
+def make_compute_gradients(models: DannModels, config: Config, global_batch: int) -> Callable:
+    """Returns fn(batch, lam, step) -> (flat gradients of the three groups, metric sums)."""
+    extractor, classifier, discriminator = models.groups
+    flipped = config.adversarial_loss == "flipped_labels"
+    label_xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    domain_xent = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+
+    def compute(batch, lam, step):
+        source, labels, target = batch["source_images"], batch["source_labels"], batch["target_images"]
+        n = tf.shape(source)[0]
+        # Source = 0, target = 1.
+        domain_labels = tf.concat([tf.zeros([n, 1]), tf.ones([tf.shape(target)[0], 1])], axis=0)
+        with tf.GradientTape(persistent=flipped) as tape:
+            features = extractor(tf.concat([source, target], axis=0), training=True)
+            label_logits = classifier(features[:n], training=True)
+            label_loss_sum = tf.reduce_sum(label_xent(labels, label_logits))
+            if config.debug_nan_step >= 0:
+                label_loss_sum += tf.where(step == config.debug_nan_step, float("nan"), 0.0)
+            label_loss = label_loss_sum / global_batch
+            disc_input = features if flipped else reverse_gradient(features, lam)
+            domain_logits = discriminator(disc_input, training=True)
+            domain_loss_sum = tf.reduce_sum(domain_xent(domain_labels, domain_logits))
+            domain_loss = domain_loss_sum / (2 * global_batch)
+            if flipped:
+                fooled_loss = tf.reduce_sum(domain_xent(1.0 - domain_labels, domain_logits)) / (2 * global_batch)
+                extractor_loss = label_loss + lam * fooled_loss
+            else:
+                total_loss = label_loss + domain_loss
+
+        if flipped:
+            grads = (tape.gradient(extractor_loss, extractor.trainable_variables)
+                     + tape.gradient(label_loss, classifier.trainable_variables)
+                     + tape.gradient(domain_loss, discriminator.trainable_variables))
+            del tape
+        else:
+            grads = tape.gradient(total_loss, [v for m in models.groups for v in m.trainable_variables])
+
+        label_correct = tf.reduce_sum(tf.cast(
+            tf.equal(tf.argmax(label_logits, axis=-1, output_type=labels.dtype), labels), tf.float32))
+        domain_correct = tf.reduce_sum(tf.cast(
+            tf.equal(tf.cast(domain_logits > 0.0, tf.float32), domain_labels), tf.float32))
+        sums = tf.stack([label_loss_sum, domain_loss_sum, label_correct, domain_correct])
+        return grads, sums
+
+    if config.jit_compile:
+        return tf.function(compute, jit_compile=True)
+    return compute
+
+
+def apply_gradients(state: TrainState, grads: list) -> None:
+    start = 0
+    for optimizer, model in zip(state.optimizers, state.models.groups):
+        variables = model.trainable_variables
+        optimizer.apply(grads[start:start + len(variables)], variables)
+        start += len(variables)
+
+
+def make_train_step(state: TrainState, config: Config, backend) -> Callable:
+    """Returns a tf.function (iterator, stop) -> (metric sums over all replicas, lambda,
+    stop votes). `stop` (0. or 1.) rides along with the metric all-reduce, so a signal
+    seen by any process stops every process after the same step, at no extra cost."""
+    compute = make_compute_gradients(state.models, config, backend.global_batch(config.batch_size))
+
+    def replica_step(batch, lam, step, stop):
+        grads, sums = compute(batch, lam, step)
+        grads = backend.all_reduce_gradients(grads)
+        apply_gradients(state, grads)
+        return tf.concat([sums, [stop]], axis=0)
+
+    @tf.function
+    def train_step(iterator, stop):
+        lam = adaptation_factor(config, state.step)
+        totals = backend.run(replica_step, (next(iterator), lam, tf.identity(state.step), stop))
+        state.step.assign_add(1)
+        totals = backend.sum_over_replicas(totals)
+        return totals[:-1], lam, totals[-1]
+
+    return train_step

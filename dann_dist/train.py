@@ -1,0 +1,49 @@
+"""Train DANN on MNIST -> MNIST-M, on one device or data-parallel.
+
+  python -m dann_dist.train --flagfile=configs/mnist_mnistm.cfg --model_dir=runs/dann
+  horovodrun -np 4 python -m dann_dist.train --flagfile=configs/mnist_mnistm.cfg
+  python -m dann_dist.train --strategy=mirrored ...
+
+Running the same command again resumes from the newest checkpoint in --model_dir.
+The last stdout line is the final evaluation as JSON. Exit status: 0 done; 1 data or
+runtime error; 2 bad flags; 3 non-finite loss; 128+N stopped by signal N after writing
+a checkpoint (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app
+
+from dann_dist import cli, config as config_lib
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}; flags are --name=value", cli.EXIT_USAGE)
+    # Heavy imports after flag parsing: --help and flag errors stay instant.
+    from dann_dist import trainer
+    from dann_dist.data import DataError
+
+    try:
+        config = config_lib.from_flags()
+        metrics = trainer.train_and_evaluate(config)
+    except config_lib.ConfigError as err:
+        cli.fail(str(err), cli.EXIT_USAGE)
+    except DataError as err:
+        cli.fail(str(err), cli.EXIT_ERROR)
+    except trainer.NonFiniteLossError as err:
+        cli.fail(str(err), cli.EXIT_NONFINITE)
+    except trainer.StopRequested as stop:
+        cli.fail(f"{stop}; checkpoint written, rerun the same command to resume", stop.exit_code)
+    print(json.dumps(metrics, sort_keys=True), flush=True)
+
+
+def run() -> None:
+    config_lib.define_flags()
+    app.run(main, flags_parser=cli.parse_flags_or_exit)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,225 @@
+"""train_and_evaluate(config): data -> models -> the train step on a backend ->
+summaries, checkpoints and the export, written by the chief only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from dann_dist import checkpoints, config as config_lib, distribute, step as step_lib
+from dann_dist.data.pipeline import channel_mean, train_dataset
+from dann_dist.evaluation import make_evaluator
+from dann_dist.models import build_models
+from dann_dist.summaries import Summaries
+
+
+RUN_RECORD = "run.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class StopRequested(Exception):
+    """A signal asked the run to stop; a checkpoint has been written."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
+
+
+class _SignalFlag:
+    """Records SIGTERM/SIGINT instead of dying mid-step; the loop checkpoints and exits."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def load_domains(config: config_lib.Config):
+    from dann_dist.data import load_mnist, load_mnistm
+
+    source = load_mnist(config.data_dir, config.mnist_path or None)
+    target = load_mnistm(config.data_dir, source, config.mnistm_path or None,
+                         config.bsds_path or None, config.mnistm_seed)
+    return source, target
+
+
+def _trim(x, n):
+    return x[:n] if n else x
+
+
+def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
+    """Trains (or resumes) until config.train_steps; returns the final evaluation.
+    `domains` (source, target) may be passed in to skip loading (tests)."""
+    backend = distribute.make_backend(config)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
+    per_replica = backend.per_replica_batch(config.batch_size)
+    if backend.is_chief:
+        logging.info("%s", backend.describe(config.batch_size))
+        if config.lr_scaling != "none":
+            logging.info("learning rate %g scaled %s to %g for global batch %d", config.learning_rate,
+                         config.lr_scaling, config.effective_learning_rate, config.batch_size)
+
+    source, target = domains or load_domains(config)
+    train_x, train_y = source.x_train, source.y_train
+    if config.adaptation == "target_only":
+        # The paper's upper bound: the labelled "source" stream is the target domain.
+        train_x, train_y = target.x_train, target.y_train
+    train_x, train_y = _trim(train_x, config.max_train_examples), _trim(train_y, config.max_train_examples)
+    target_x = _trim(target.x_train, config.max_train_examples)
+    test_sets = {
+        "source": (_trim(source.x_test, config.max_test_examples), _trim(source.y_test, config.max_test_examples)),
+        "target": (_trim(target.x_test, config.max_test_examples), _trim(target.y_test, config.max_test_examples)),
+    }
+    mean = channel_mean(train_x, target_x)
+    if backend.is_chief:
+        os.makedirs(config.model_dir, exist_ok=True)
+        # evaluate.py rebuilds the models and the preprocessing from this record.
+        _write_json(os.path.join(config.model_dir, RUN_RECORD),
+                    {"config": config_lib.to_dict(config), "channel_mean": mean.tolist()})
+        logging.info("source: %s (%d train); target: %s (%d train, labels used for evaluation only)",
+                     source.description, len(train_x), target.description, len(target_x))
+
+    with backend.scope():
+        models = build_models(config.classifier_head, config.discriminator_head, config.sync_batchnorm)
+        state = step_lib.create_state(models, config)
+    manager = checkpoints.make_manager(state.trackables(), backend.checkpoint_dir(config.model_dir),
+                                       config.keep_checkpoints)
+    restored = checkpoints.restore_latest(manager)
+    backend.broadcast_initial_state(state.all_variables() + [state.step])
+    start_step = int(state.step.numpy())
+    if backend.is_chief:
+        logging.info("%s at step %d", f"resumed from {restored}" if restored else "fresh run", start_step)
+
+    summaries = Summaries(config.model_dir, backend.is_chief)
+    if start_step == 0:
+        summaries.hparams(config_lib.to_dict(config))
+        summaries.text("data", f"source: {source.description}\n\ntarget: {target.description}")
+        summaries.image_grid("input_samples/source_top_target_bottom",
+                             [source.x_train[:16], target.x_train[:16]])
+
+    iterator = backend.distribute(lambda index, count, replicas: train_dataset(
+        train_x, train_y, target_x, mean=mean, per_replica_batch=per_replica, seed=config.seed,
+        replicas_per_pipeline=replicas, pipeline_index=index, num_pipelines=count,
+        start_step=start_step))
+    train_step = step_lib.make_train_step(state, config, backend)
+    evaluate = make_evaluator(models)
+
+    def save(step: int):
+        manager.save(checkpoint_number=step)
+
+    def run_eval(step: int) -> dict:
+        metrics = evaluate(test_sets, mean, config.eval_batch_size)
+        metrics["step"] = step
+        summaries.scalars("eval", {k: v for k, v in metrics.items() if k != "step"}, step)
+        if backend.is_chief:
+            logging.info("eval step %d: %s", step, _fmt(metrics))
+        return metrics
+
+    metrics = None
+    window = np.zeros(len(step_lib.METRIC_SUMS))
+    window_steps, window_start = 0, time.perf_counter()
+    examples_per_step = 2 * config.batch_size
+    step = start_step
+    with _SignalFlag() as signals:
+        while step < config.train_steps:
+            stop = tf.constant(float(signals.signum != 0))
+            sums, lam, stop_votes = train_step(iterator, stop)
+            step += 1
+            sums = sums.numpy()
+            if not np.all(np.isfinite(sums[:2])):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step}: label loss sum {sums[0]}, domain loss sum "
+                    f"{sums[1]}; the last good checkpoint in {config.model_dir} is kept. Lower "
+                    "--learning_rate or check the input.")
+            window += sums
+            window_steps += 1
+            if float(stop_votes) > 0:
+                save(step)
+                if backend.is_chief:
+                    logging.info("stop requested at step %d: checkpoint written, exiting", step)
+                summaries.flush()
+                raise StopRequested(signals.signum or signal.SIGTERM)
+            if step % config.log_every == 0 or step == config.train_steps:
+                elapsed = time.perf_counter() - window_start
+                train_metrics = _window_metrics(window, window_steps, config.batch_size)
+                train_metrics.update(
+                    lambda_=float(lam),
+                    learning_rate=float(state.optimizers[0].learning_rate.numpy()),
+                    steps_per_sec=window_steps / elapsed,
+                    examples_per_sec=window_steps * examples_per_step / elapsed)
+                summaries.scalars("train", {k.rstrip("_"): v for k, v in train_metrics.items()}, step)
+                if backend.is_chief:
+                    eta = (config.train_steps - step) / train_metrics["steps_per_sec"]
+                    logging.info("step %d/%d %s eta %s", step, config.train_steps,
+                                 _fmt(train_metrics), _duration(eta))
+                window[:] = 0
+                window_steps, window_start = 0, time.perf_counter()
+            if step % config.checkpoint_every == 0:
+                save(step)
+            if config.eval_every and step % config.eval_every == 0 and step != config.train_steps:
+                run_eval(step)
+
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
+        save(step)
+    metrics = run_eval(step)
+    if backend.is_chief:
+        if config.export:
+            path = checkpoints.export(models, mean, os.path.join(config.model_dir, "export"))
+            logging.info("exported extractor+classifier to %s", path)
+        _write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
+    summaries.flush()
+    return metrics
+
+
+def _window_metrics(sums: np.ndarray, steps: int, batch_size: int) -> dict:
+    label_loss, domain_loss, label_correct, domain_correct = sums
+    return {
+        "label_loss": label_loss / (steps * batch_size),
+        "domain_loss": domain_loss / (steps * 2 * batch_size),
+        "source_accuracy": label_correct / (steps * batch_size),
+        "domain_accuracy": domain_correct / (steps * 2 * batch_size),
+    }
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _fmt(metrics: dict) -> str:
+    return " ".join(f"{k.rstrip('_')}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in metrics.items() if k != "step")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, sec = divmod(int(seconds), 60)
+    return f"{minutes}m{sec:02d}s"
