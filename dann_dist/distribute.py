@@ -150,7 +150,10 @@ class Horovod(Backend):
 
     def broadcast_initial_state(self, variables):
         # Keras 3 variables are not tf.Variables; Horovod needs the underlying ones.
-        self.hvd.broadcast_variables([getattr(v, "value", v) for v in variables], root_rank=0)
+        import keras
+
+        self.hvd.broadcast_variables(
+            [v.value if isinstance(v, keras.Variable) else v for v in variables], root_rank=0)
 
     def barrier(self):
         self.hvd.allreduce(tf.constant(0.0), op=self.hvd.Sum, name="barrier")

@@ -3,6 +3,7 @@ summaries, checkpoints and the export, written by the chief only."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -187,6 +188,7 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
         save(step)
     metrics = run_eval(step)
+    metrics["weights_digest"] = weights_digest(models)
     if backend.is_chief:
         if config.export:
             path = checkpoints.export(models, mean, os.path.join(config.model_dir, "export"))
@@ -194,6 +196,16 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         _write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
     summaries.flush()
     return metrics
+
+
+def weights_digest(models) -> str:
+    """sha256 of every model weight: equal digests mean bit-identical models (ranks of
+    one run, or a resumed run against an uninterrupted one)."""
+    digest = hashlib.sha256()
+    for model in models.groups:
+        for variable in model.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _window_metrics(sums: np.ndarray, steps: int, batch_size: int) -> dict:
@@ -215,7 +227,7 @@ def _write_json(path: str, payload: dict) -> None:
 
 def _fmt(metrics: dict) -> str:
     return " ".join(f"{k.rstrip('_')}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in metrics.items() if k != "step")
+                    for k, v in metrics.items() if k not in ("step", "weights_digest"))
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,52 @@
+"""Runs the real trainer on tests/synthetic.py data, with the real flags, under any
+launcher (python, horovodrun, TF_CONFIG workers). Used by the multi-process tests.
+
+  python tests/run_synthetic.py --model_dir=D [--strategy=...] [--logical_cpus=2] [other flags]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                os.path.dirname(os.path.abspath(__file__))]
+
+from absl import app, flags  # noqa: E402
+
+from dann_dist import cli, config as config_lib  # noqa: E402
+
+
+def main(argv):
+    import tensorflow as tf
+
+    if flags.FLAGS.logical_cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * flags.FLAGS.logical_cpus)
+    from synthetic import synthetic_domains
+
+    if flags.FLAGS.pid_dir:
+        # Lets a test find and kill one particular rank.
+        rank = os.environ.get("HOROVOD_RANK", "0")
+        with open(os.path.join(flags.FLAGS.pid_dir, rank), "w") as f:
+            f.write(str(os.getpid()))
+    from dann_dist import trainer
+
+    config = config_lib.from_flags()
+    try:
+        metrics = trainer.train_and_evaluate(config, domains=synthetic_domains(flags.FLAGS.n_train))
+    except trainer.StopRequested as stop:
+        cli.fail(str(stop), stop.exit_code)
+    except trainer.NonFiniteLossError as err:
+        cli.fail(str(err), cli.EXIT_NONFINITE)
+    print(json.dumps(metrics, sort_keys=True), flush=True)
+
+
+if __name__ == "__main__":
+    config_lib.define_flags()
+    flags.DEFINE_integer("logical_cpus", 1, "Split the CPU into this many logical devices.")
+    flags.DEFINE_integer("n_train", 256, "Synthetic training images per domain.")
+    flags.DEFINE_string("pid_dir", "", "Write this process's pid to <pid_dir>/<rank>.")
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -1,0 +1,72 @@
+"""Data-parallel runs equal one device: MirroredStrategy on 2 logical CPUs and Horovod
+-np 2 over Gloo, K steps at global batch B against one device at batch B; all ranks
+end identical; a dead rank ends the job in bounded time."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from distributed_helpers import (env, horovodrun, json_lines, max_weight_difference, run,
+                                 synthetic)
+
+# float32 sums in a different order: differences of a few ulps after K=6 steps.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("single")
+    proc = run([sys.executable] + synthetic(model_dir, "--strategy=single"))
+    return model_dir, json_lines(proc.stdout)[-1]
+
+
+def test_mirrored_on_two_logical_cpus_equals_one_device(tmp_path, single_run):
+    proc = run([sys.executable] + synthetic(tmp_path, "--strategy=mirrored", "--logical_cpus=2"))
+    assert "replicas=2" in proc.stderr and "per replica=8" in proc.stderr
+    difference = max_weight_difference(single_run[0], tmp_path)
+    print(f"mirrored vs single: max |weight difference| after 6 steps = {difference:.3g}")
+    assert difference < TOLERANCE
+    assert json_lines(proc.stdout)[-1]["step"] == 6
+
+
+def test_horovod_two_ranks_equal_one_device_and_each_other(tmp_path, single_run):
+    proc = run(horovodrun(2, synthetic(tmp_path, "--strategy=horovod")))
+    finals = json_lines(proc.stdout)
+    assert len(finals) == 2, proc.stdout
+    assert finals[0]["weights_digest"] == finals[1]["weights_digest"], "ranks diverged"
+    difference = max_weight_difference(single_run[0], tmp_path)
+    print(f"horovod -np 2 vs single: max |weight difference| after 6 steps = {difference:.3g}")
+    assert difference < TOLERANCE
+    # Only rank 0 writes: one events file per writer, checkpoints from rank 0 only.
+    assert len(os.listdir(tmp_path / "train")) == 1
+
+
+def test_auto_picks_horovod_under_horovodrun(tmp_path):
+    proc = run(horovodrun(2, synthetic(tmp_path, "--strategy=auto", "--train_steps=2")))
+    assert "strategy=horovod (auto: launched by horovodrun/mpirun)" in proc.stdout + proc.stderr
+
+
+def test_a_dead_rank_ends_the_job_in_bounded_time(tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    cmd = horovodrun(2, synthetic(tmp_path / "run", "--strategy=horovod", "--train_steps=100000",
+                                  "--checkpoint_every=100000", f"--pid_dir={pid_dir}"))
+    job = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while len(os.listdir(pid_dir)) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        assert len(os.listdir(pid_dir)) == 2, "ranks did not start"
+        time.sleep(5)  # both ranks inside the training loop
+        os.kill(int((pid_dir / "1").read_text()), signal.SIGKILL)
+        killed_at = time.time()
+        job.wait(timeout=60)
+        assert job.returncode != 0
+        assert time.time() - killed_at < 60
+    finally:
+        if job.poll() is None:
+            job.kill()

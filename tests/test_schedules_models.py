@@ -1,0 +1,53 @@
+"""The paper's schedules and the gradient reversal layer."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dann_dist import schedules
+from dann_dist.models import build_models, reverse_gradient
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward(lam):
+    x = tf.constant([[1.0, -2.0, 3.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = reverse_gradient(x, tf.constant(lam))
+        loss = tf.reduce_sum(y * tf.constant([[2.0, 5.0, -1.0]]))
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [[-2.0 * lam, -5.0 * lam, 1.0 * lam]])
+
+
+@pytest.mark.parametrize("p, expected", [(0.0, 0.0), (0.5, 2 / (1 + math.exp(-5)) - 1),
+                                         (1.0, 2 / (1 + math.exp(-10)) - 1)])
+def test_adaptation_factor_matches_paper(p, expected):
+    assert float(schedules.adaptation_factor(tf.constant(p), gamma=10.0)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("step, expected", [(0, 0.01), (500, 0.01 / 6 ** 0.75), (1000, 0.01 / 11 ** 0.75),
+                                            (5000, 0.01 / 11 ** 0.75)])
+def test_annealed_learning_rate_matches_paper_and_stops_at_p_1(step, expected):
+    schedule = schedules.AnnealedLearningRate(0.01, total_steps=1000, alpha=10.0, beta=0.75)
+    assert float(schedule(tf.constant(step))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_paper_architecture_shapes_and_sizes():
+    models = build_models("paper", "paper")
+    features = models.extractor(tf.zeros([2, 28, 28, 3]))
+    assert features.shape == (2, 4 * 4 * 48)
+    assert models.classifier(features).shape == (2, 10)
+    assert models.discriminator(features).shape == (2, 1)
+    # conv 5x5x3x32 + 5x5x32x48, dense 768-100-100-10, dense 768-100-1 (with biases).
+    assert models.extractor.count_params() == (5 * 5 * 3 * 32 + 32) + (5 * 5 * 32 * 48 + 48)
+    assert models.classifier.count_params() == (768 * 100 + 100) + (100 * 100 + 100) + (100 * 10 + 10)
+    assert models.discriminator.count_params() == (768 * 100 + 100) + (100 + 1)
+
+
+def test_bn_heads_are_the_origin_scripts():
+    models = build_models("bn", "bn")
+    dense = [layer.units for layer in models.discriminator.layers if hasattr(layer, "units")]
+    assert dense == [256, 128, 64, 32, 1]
+    assert any(isinstance(layer, tf.keras.layers.BatchNormalization) for layer in models.classifier.layers)

@@ -1,0 +1,113 @@
+"""The real training function on tiny synthetic data, single device, in-process."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from dann_dist import trainer
+from synthetic import tiny_config
+
+
+def _scalars(directory):
+    acc = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _series(acc, tag):
+    return [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+
+
+def test_one_step_smoke(tmp_path, domains):
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=1, log_every=1), domains=domains)
+    assert metrics["step"] == 1
+    for key in ("source_accuracy", "target_accuracy", "domain_accuracy", "source_loss", "target_loss"):
+        assert np.isfinite(metrics[key])
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-1")
+    assert json.load(open(tmp_path / "metrics.json"))["step"] == 1
+
+
+def test_label_loss_falls_and_tensorboard_has_the_expected_tags(tmp_path, domains):
+    config = tiny_config(tmp_path, train_steps=60, log_every=10, eval_every=30, batch_size=32)
+    metrics = trainer.train_and_evaluate(config, domains=domains)
+    train = _scalars(str(tmp_path / "train"))
+    losses = _series(train, "label_loss")
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert metrics["source_accuracy"] > 0.5
+    train_tags = set(train.Tags()["tensors"])
+    assert {"label_loss", "domain_loss", "source_accuracy", "domain_accuracy", "lambda",
+            "learning_rate", "steps_per_sec", "examples_per_sec"} <= train_tags
+    assert any(t.startswith("input_samples/") for t in train_tags), train_tags
+    evals = _scalars(str(tmp_path / "eval"))
+    assert {"source_accuracy", "target_accuracy", "domain_accuracy", "source_loss",
+            "target_loss"} <= set(evals.Tags()["tensors"])
+    assert [e.step for e in evals.Tensors("target_accuracy")] == [30, 60]
+    lam = _series(train, "lambda")
+    assert lam == sorted(lam) and 0 < lam[0] < lam[-1] <= 1
+
+
+def test_hparams_are_recorded(tmp_path, domains):
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=2, log_every=1), domains=domains)
+    events = [e for f in os.listdir(tmp_path / "train")
+              for e in tf.compat.v1.train.summary_iterator(str(tmp_path / "train" / f))]
+    plugin_names = {v.metadata.plugin_data.plugin_name for e in events for v in e.summary.value}
+    assert "hparams" in plugin_names
+
+
+def test_second_run_resumes_at_the_saved_step(tmp_path, domains):
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5), domains=domains)
+    resumed = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=15, checkpoint_every=5),
+                                         domains=domains)
+    assert resumed["step"] == 15
+    steps = sorted(int(p.split("-")[-1]) for p in tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths)
+    assert steps == [5, 10, 15]
+    # The resumed run logged only its own steps (11..15), not a restart from 0.
+    train_steps = [e.step for e in _scalars(str(tmp_path / "train")).Tensors("label_loss")]
+    assert train_steps[-1] == 15 and 5 not in train_steps[1:]
+
+
+def test_export_loads_and_predicts_like_the_trained_model(tmp_path, domains):
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=30), domains=domains)
+    exported = tf.saved_model.load(str(tmp_path / "export"))
+    source, target = domains
+    probs = exported.serve(tf.constant(source.x_test)).numpy()
+    assert probs.shape == (len(source.x_test), 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    accuracy = np.mean(probs.argmax(axis=1) == source.y_test)
+    assert accuracy == pytest.approx(metrics["source_accuracy"], abs=1e-9)
+    target_probs = exported.signatures["serving_default"](images=tf.constant(target.x_test))
+    target_accuracy = np.mean(next(iter(target_probs.values())).numpy().argmax(1) == target.y_test)
+    assert target_accuracy == pytest.approx(metrics["target_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("adaptation", ["source_only", "target_only"])
+def test_baselines_train(tmp_path, domains, adaptation):
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, adaptation=adaptation, train_steps=5,
+                                                     log_every=5), domains=domains)
+    lam = _series(_scalars(str(tmp_path / "train")), "lambda")
+    assert lam == [0.0] and metrics["step"] == 5
+
+
+def test_flipped_labels_and_bn_heads_train(tmp_path, domains):
+    metrics = trainer.train_and_evaluate(
+        tiny_config(tmp_path, adversarial_loss="flipped_labels", classifier_head="bn",
+                    discriminator_head="bn", optimizer="adam", learning_rate=1e-3, train_steps=5),
+        domains=domains)
+    assert np.isfinite(metrics["source_loss"])
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, domains):
+    config = tiny_config(tmp_path, train_steps=20, checkpoint_every=5, debug_nan_step=7)
+    with pytest.raises(trainer.NonFiniteLossError, match="step 8"):
+        trainer.train_and_evaluate(config, domains=domains)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-5")
+    reader = tf.train.load_checkpoint(str(tmp_path))
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.all(np.isfinite(value)), name
