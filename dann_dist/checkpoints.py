@@ -32,7 +32,7 @@ def restore_latest(manager: tf.train.CheckpointManager) -> str | None:
     for path in candidates:
         try:
             manager.checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as err:
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as err:
             logging.warning("checkpoint %s is unreadable (%s); trying the previous one",
                             path, str(err).splitlines()[0][:200])
             continue

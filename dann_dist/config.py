@@ -39,6 +39,7 @@ class Config:
     # Data (flags registered by dann_dist.data.define_flags).
     data_dir: str = _field("", "see dann_dist.data")
     mnist_path: str = _field("", "see dann_dist.data")
+    mnist_download: bool = _field(True, "see dann_dist.data")
     mnistm_path: str = _field("", "see dann_dist.data")
     bsds_path: str = _field("", "see dann_dist.data")
     mnistm_seed: int = _field(42, "see dann_dist.data")
@@ -101,7 +102,7 @@ class Config:
         return self.learning_rate
 
 
-_DATA_FLAGS = ("data_dir", "mnist_path", "mnistm_path", "bsds_path", "mnistm_seed")
+_DATA_FLAGS = ("data_dir", "mnist_path", "mnist_download", "mnistm_path", "bsds_path", "mnistm_seed")
 
 
 def define_flags() -> None:
@@ -155,6 +156,12 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"--{field.name}={getattr(config, field.name)!r}: "
                               f"choose one of {', '.join(choices)}.")
     _check_writable(config.model_dir, "--model_dir")
+    if config.data_dir:
+        _check_writable(config.data_dir, "--data_dir")
+    for name in ("mnist_path", "mnistm_path", "bsds_path"):
+        path = getattr(config, name)
+        if path and not os.path.exists(path):
+            raise ConfigError(f"--{name}={path}: no such file or directory.")
     return config
 
 

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> None:
     from dann_dist.data import DataError
 
     overrides = {name: FLAGS[name].value for name in
-                 ("data_dir", "mnist_path", "mnistm_path", "bsds_path", "mnistm_seed")
+                 ("data_dir", "mnist_path", "mnist_download", "mnistm_path", "bsds_path", "mnistm_seed")
                  if FLAGS[name].present}
     try:
         metrics = evaluate_run(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.eval_batch_size,

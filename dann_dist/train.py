@@ -19,7 +19,8 @@ from absl import app
 from dann_dist import cli, config as config_lib
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], domains=None) -> None:
+    """`domains` (source, target) replaces the data flags; the tests pass synthetic ones."""
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; flags are --name=value", cli.EXIT_USAGE)
     # Heavy imports after flag parsing: --help and flag errors stay instant.
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> None:
 
     try:
         config = config_lib.from_flags()
-        metrics = trainer.train_and_evaluate(config)
+        metrics = trainer.train_and_evaluate(config, domains)
     except config_lib.ConfigError as err:
         cli.fail(str(err), cli.EXIT_USAGE)
     except DataError as err:

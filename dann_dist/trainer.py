@@ -59,9 +59,11 @@ class _SignalFlag:
 
 def load_domains(config: config_lib.Config):
     from dann_dist.data import load_mnist, load_mnistm
+    from dann_dist.data.flags import default_data_dir
 
-    source = load_mnist(config.data_dir, config.mnist_path or None)
-    target = load_mnistm(config.data_dir, source, config.mnistm_path or None,
+    data_dir = config.data_dir or default_data_dir()
+    source = load_mnist(data_dir, config.mnist_path or None, config.mnist_download)
+    target = load_mnistm(data_dir, source, config.mnistm_path or None,
                          config.bsds_path or None, config.mnistm_seed)
     return source, target
 
@@ -131,7 +133,8 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     evaluate = make_evaluator(models)
 
     def save(step: int):
-        manager.save(checkpoint_number=step)
+        if backend.saves_checkpoints:
+            manager.save(checkpoint_number=step)
 
     def run_eval(step: int) -> dict:
         metrics = evaluate(test_sets, mean, config.eval_batch_size)
@@ -160,6 +163,9 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
             window += sums
             window_steps += 1
             if float(stop_votes) > 0:
+                # Every process logs before the chief saves and exits, so that a launcher
+                # that reaps the others on the first exit still shows where each stopped.
+                logging.warning("process %d: stop requested at step %d", backend.pipeline_index, step)
                 save(step)
                 if backend.is_chief:
                     logging.info("stop requested at step %d: checkpoint written, exiting", step)
@@ -189,6 +195,7 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         save(step)
     metrics = run_eval(step)
     metrics["weights_digest"] = weights_digest(models)
+    metrics["resumed_from_step"] = start_step
     if backend.is_chief:
         if config.export:
             path = checkpoints.export(models, mean, os.path.join(config.model_dir, "export"))

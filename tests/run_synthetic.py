@@ -6,7 +6,6 @@ launcher (python, horovodrun, TF_CONFIG workers). Used by the multi-process test
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -15,7 +14,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 from absl import app, flags  # noqa: E402
 
-from dann_dist import cli, config as config_lib  # noqa: E402
+from dann_dist import cli, config as config_lib, train  # noqa: E402
 
 
 def main(argv):
@@ -25,23 +24,14 @@ def main(argv):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * flags.FLAGS.logical_cpus)
-    from synthetic import synthetic_domains
-
     if flags.FLAGS.pid_dir:
         # Lets a test find and kill one particular rank.
         rank = os.environ.get("HOROVOD_RANK", "0")
         with open(os.path.join(flags.FLAGS.pid_dir, rank), "w") as f:
             f.write(str(os.getpid()))
-    from dann_dist import trainer
+    from synthetic import synthetic_domains
 
-    config = config_lib.from_flags()
-    try:
-        metrics = trainer.train_and_evaluate(config, domains=synthetic_domains(flags.FLAGS.n_train))
-    except trainer.StopRequested as stop:
-        cli.fail(str(stop), stop.exit_code)
-    except trainer.NonFiniteLossError as err:
-        cli.fail(str(err), cli.EXIT_NONFINITE)
-    print(json.dumps(metrics, sort_keys=True), flush=True)
+    train.main(argv, domains=synthetic_domains(flags.FLAGS.n_train))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""Readers for MNIST-M files a user already has (--mnistm_path).
+
+- the published format: a folder (or its parent holding mnist_m/) with
+  mnist_m_train/*.png, mnist_m_test/*.png, mnist_m_train_labels.txt and
+  mnist_m_test_labels.txt, lines like "00000000.png 7"; images are 32x32 RGB;
+- a pickle (optionally gzipped) of uint8 [N, 28, 28, 3] arrays, either
+  * the origin script's keys train, train_label, test, test_label, or
+  * the common generator's keys train, valid, test, which hold no labels: the
+    labels are MNIST's, in order. That generator took TensorFlow's
+    read_data_sets split, where validation is the FIRST 5,000 MNIST training
+    images and train the remaining 55,000; so valid + train, in that order,
+    lines up with MNIST's 60,000 training labels, and test with MNIST's test
+    labels. Sizes must match exactly;
+- an .npz with x_train, y_train, x_test, y_test.
+
+Images of 32x32 (the published size) are brought to 28x28 with a bilinear
+resize (tf.image.resize, half-pixel centres, no antialiasing, rounded to the
+nearest integer), which keeps the digits at MNIST's scale; 28x28 images are
+used as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from dann_dist.data.domain import IMAGE_SIZE
+from dann_dist.data.errors import DataError
+from dann_dist.data.image_codec import decode_image, resize_bilinear
+from dann_dist.data.user_files import load_pickle, read_bytes
+
+PUBLISHED_SIZE = 32
+RESIZE_NOTE = "32x32 resized to 28x28 (bilinear)"
+
+
+def read_mnistm_path(path: Path, mnist_y_train: np.ndarray, mnist_y_test: np.ndarray
+                     ) -> tuple[dict[str, np.ndarray], str]:
+    """Reads MNIST-M from a published folder, a pickle or an .npz; returns (arrays, format)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: does not exist (--mnistm_path)")
+    if path.is_dir():
+        arrays, file_format = read_published_folder(path), "published PNG folder"
+    elif path.name.lower().endswith(".npz"):
+        arrays, file_format = read_mnistm_npz(path), ".npz"
+    elif path.name.lower().endswith((".pkl", ".pkl.gz", ".pickle", ".pickle.gz", ".p")):
+        arrays, file_format = read_mnistm_pickle(path, mnist_y_train, mnist_y_test)
+    else:
+        raise DataError(f"{path}: unknown MNIST-M format; expected the published folder "
+                        "(mnist_m_train/, mnist_m_train_labels.txt, ...), a .pkl or an .npz")
+    resized = False
+    for key in ("x_train", "x_test"):
+        images = arrays[key]
+        if images.ndim == 4 and images.shape[1:3] == (PUBLISHED_SIZE, PUBLISHED_SIZE) \
+                and images.dtype == np.uint8:
+            arrays[key] = resize_bilinear(images, IMAGE_SIZE)
+            resized = True
+    return arrays, f"{file_format}, {RESIZE_NOTE}" if resized else file_format
+
+
+def _labels_file(folder: Path, split: str) -> list[tuple[str, int]]:
+    path = folder / f"mnist_m_{split}_labels.txt"
+    try:
+        text = read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text file ({e})") from e
+    entries, seen = [], set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DataError(f"{path}:{number}: expected '<name>.png <label>', got {line!r}")
+        name, label = parts[0], int(parts[1])
+        if not 0 <= label <= 9:
+            raise DataError(f"{path}:{number}: label {label} outside 0..9")
+        if name in seen:
+            raise DataError(f"{path}:{number}: {name} is listed twice")
+        seen.add(name)
+        entries.append((name, label))
+    if not entries:
+        raise DataError(f"{path}: no labels")
+    return entries
+
+
+def read_published_folder(folder: Path) -> dict[str, np.ndarray]:
+    if not (folder / "mnist_m_train").is_dir() and (folder / "mnist_m" / "mnist_m_train").is_dir():
+        folder = folder / "mnist_m"
+    arrays = {}
+    for split in ("train", "test"):
+        image_dir = folder / f"mnist_m_{split}"
+        if not image_dir.is_dir():
+            raise DataError(f"{image_dir}: missing (published MNIST-M has mnist_m_train/ and "
+                            "mnist_m_test/ next to the two label files)")
+        entries = _labels_file(folder, split)
+        present = {p.name for p in image_dir.glob("*.png")}
+        listed = {name for name, _ in entries}
+        if present != listed:
+            unlisted, missing = sorted(present - listed), sorted(listed - present)
+            raise DataError(
+                f"{image_dir}: image/label count mismatch: {len(present)} PNG files, "
+                f"{len(entries)} labels in mnist_m_{split}_labels.txt"
+                + (f"; not labelled: {', '.join(unlisted[:3])}" if unlisted else "")
+                + (f"; labelled but missing: {', '.join(missing[:3])}" if missing else ""))
+        logging.info("MNIST-M: decoding %d PNG files in %s", len(entries), image_dir)
+        images = None
+        for index, (name, _) in enumerate(entries):
+            path = image_dir / name
+            image = decode_image(read_bytes(path), str(path))
+            if image.shape[-1] == 1:
+                image = np.repeat(image, 3, axis=-1)
+            if images is None:
+                if image.shape[:2] not in ((PUBLISHED_SIZE, PUBLISHED_SIZE), (IMAGE_SIZE, IMAGE_SIZE)):
+                    raise DataError(f"{path}: image is {image.shape[0]}x{image.shape[1]}, "
+                                    "expected 32x32 (or 28x28)")
+                images = np.empty((len(entries), *image.shape[:2], 3), np.uint8)
+            if image.shape[:2] != images.shape[1:3] or image.shape[-1] not in (3, 4):
+                raise DataError(f"{path}: image is {image.shape[0]}x{image.shape[1]}x{image.shape[2]}, "
+                                f"expected {images.shape[1]}x{images.shape[2]} RGB like the others")
+            images[index] = image[..., :3]
+        arrays[f"x_{split}"] = images
+        arrays[f"y_{split}"] = np.array([label for _, label in entries], np.int64)
+    return arrays
+
+
+def read_mnistm_npz(path: Path) -> dict[str, np.ndarray]:
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in keys if k not in archive.files]
+            if missing:
+                raise DataError(f"{path}: no {', '.join(missing)} array (has {', '.join(archive.files)})")
+            return {key: archive[key] for key in keys}
+    except DataError:
+        raise
+    except Exception as e:  # zipfile/numpy raise many types for damaged files
+        raise DataError(f"{path}: cannot read .npz ({type(e).__name__}: {e})") from e
+
+
+def read_mnistm_pickle(path: Path, mnist_y_train: np.ndarray, mnist_y_test: np.ndarray
+                       ) -> tuple[dict[str, np.ndarray], str]:
+    content = load_pickle(path)
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: expected a pickled dict, got {type(content).__name__}")
+    keys = set(content)
+    if {"train", "train_label", "test", "test_label"} <= keys:
+        return ({"x_train": np.asarray(content["train"]), "y_train": np.asarray(content["train_label"]),
+                 "x_test": np.asarray(content["test"]), "y_test": np.asarray(content["test_label"])},
+                "pickle with train/train_label/test/test_label")
+    if {"train", "valid", "test"} <= keys:
+        train, valid, test = (np.asarray(content[k]) for k in ("train", "valid", "test"))
+        if len(valid) + len(train) != len(mnist_y_train) or len(test) != len(mnist_y_test):
+            raise DataError(
+                f"{path}: has {len(train)} train + {len(valid)} valid and {len(test)} test images; "
+                f"labels are taken from MNIST in order (valid = MNIST's first training images), "
+                f"which has {len(mnist_y_train)} train and {len(mnist_y_test)} test labels")
+        if valid.shape[1:] != train.shape[1:]:
+            raise DataError(f"{path}: valid images have shape {list(valid.shape)}, train images "
+                            f"{list(train.shape)}; they must agree")
+        return ({"x_train": np.concatenate([valid, train]), "y_train": mnist_y_train,
+                 "x_test": test, "y_test": mnist_y_test},
+                "pickle with train/valid/test, labels from MNIST (valid = first train images)")
+    raise DataError(f"{path}: pickle has keys {sorted(map(str, keys))}; expected train/train_label/"
+                    "test/test_label or train/valid/test")

@@ -1,0 +1,131 @@
+"""Runs survive kill -9, SIGTERM/SIGINT, corrupt checkpoints, NaNs and bad flags."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from dann_dist import trainer
+from distributed_helpers import ROOT, env, horovodrun, json_lines, run, synthetic
+from synthetic import tiny_config
+
+
+def _start(cmd):
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc, text, timeout=120):
+    """Reads the merged output until a line contains `text`; returns the lines read."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"never saw {text!r}:\n{''.join(lines[-40:])}")
+
+
+def test_kill_9_then_rerun_resumes_and_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    flags = ["--train_steps=40", "--checkpoint_every=10", "--log_every=1", "--deterministic"]
+    straight = run([sys.executable] + synthetic(tmp_path / "straight", *flags))
+    proc = _start([sys.executable] + synthetic(tmp_path / "killed", *flags))
+    _wait_for(proc, "step 23/40")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert tf.train.latest_checkpoint(str(tmp_path / "killed")).endswith("ckpt-20")
+    resumed = run([sys.executable] + synthetic(tmp_path / "killed", *flags))
+    assert "resumed from" in resumed.stderr and "at step 20" in resumed.stderr
+    assert json_lines(resumed.stdout)[-1]["weights_digest"] == json_lines(straight.stdout)[-1]["weights_digest"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_writes_a_checkpoint_and_exits_with_128_plus_signal(tmp_path, sig, code):
+    proc = _start([sys.executable] + synthetic(tmp_path, "--train_steps=100000", "--log_every=5",
+                                               "--checkpoint_every=100000"))
+    _wait_for(proc, "step 10/")
+    sent = time.time()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert time.time() - sent < 10
+    assert proc.returncode == code, out[-2000:]
+    stopped_at = int(re.search(r"stop requested at step (\d+)", out).group(1))
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith(f"ckpt-{stopped_at}")
+
+
+def test_sigterm_to_one_horovod_rank_stops_all_ranks_at_the_same_step(tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    proc = _start(horovodrun(2, synthetic(tmp_path / "run", "--strategy=horovod", "--train_steps=100000",
+                                          "--log_every=5", "--checkpoint_every=100000",
+                                          f"--pid_dir={pid_dir}")))
+    _wait_for(proc, "step 10/")
+    os.kill(int((pid_dir / "1").read_text()), signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    stops = {line[:3]: int(re.search(r"stop requested at step (\d+)", line).group(1))
+             for line in out.splitlines() if "process " in line and "stop requested at step" in line}
+    assert set(stops) == {"[0]", "[1]"}, out[-3000:]
+    stopped_at = stops["[0]"]
+    assert stops["[1]"] == stopped_at, "ranks stopped at different steps"
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith(f"ckpt-{stopped_at}")
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, domains, caplog):
+    caplog.set_level("INFO")
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5, export=False), domains=domains)
+    data_file = next(p for p in os.listdir(tmp_path) if p.startswith("ckpt-10.data"))
+    with open(tmp_path / data_file, "r+b") as f:
+        f.truncate(100)
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=12, checkpoint_every=5),
+                                         domains=domains)
+    assert metrics["step"] == 12 and metrics["resumed_from_step"] == 5
+    assert "ckpt-10 is unreadable" in caplog.text
+
+
+def test_a_crash_mid_write_leaves_the_previous_checkpoint_in_use(tmp_path, domains):
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5, export=False), domains=domains)
+    # What a crash while writing ckpt-15 leaves: partial files, index not yet updated.
+    (tmp_path / "ckpt-15.index").write_bytes(b"\x00" * 10)
+    (tmp_path / "ckpt-15.data-00000-of-00001").write_bytes(b"\x00" * 10)
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=11), domains=domains)
+    assert metrics["step"] == 11 and metrics["resumed_from_step"] == 10
+
+
+def test_nan_loss_exits_3_with_the_step(tmp_path):
+    proc = run([sys.executable] + synthetic(tmp_path, "--debug_nan_step=4"), check=False)
+    assert proc.returncode == 3
+    assert "non-finite loss at step 5" in proc.stderr
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy=bogus"], "strategy"),
+    (["--train_steps=-5"], "--train_steps=-5"),
+    (["--flagfile=/nonexistent/x.cfg"], "x.cfg"),
+    (["--model_dir={tmp}/a_file/run"], "is not a directory"),
+    (["--mnist_path=/nonexistent/mnist.npz"], "no such file"),
+    (["--strategy=horovod"], "horovodrun"),
+    (["--strategy=mirrored", "--logical_cpus=2", "--batch_size=15"], "not divisible"),
+    (["positional"], "unexpected arguments"),
+])
+def test_bad_flags_exit_2_with_a_clear_message_before_heavy_work(tmp_path, args, message):
+    cmd = [sys.executable, "-m", "dann_dist.train", f"--model_dir={tmp_path}/run"]
+    if "--logical_cpus=2" in args:
+        cmd = [sys.executable] + synthetic(tmp_path / "run")
+    (tmp_path / "a_file").write_text("not a directory")
+    args = [a.format(tmp=tmp_path) for a in args]
+    started = time.time()
+    proc = run(cmd + args, check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert time.time() - started < 30
+    assert not (tmp_path / "run" / "checkpoint").exists()
