@@ -31,6 +31,12 @@ class Backend:
     is_chief = True
     reason = ""
 
+    @property
+    def saves_checkpoints(self) -> bool:
+        """Whether this process calls the checkpoint manager's save (tf.distribute needs
+        every process to take part; Horovod ranks hold identical copies, the chief saves)."""
+        return True
+
     def scope(self):
         return contextlib.nullcontext()
 
@@ -121,12 +127,61 @@ class TfDistribute(Backend):
     def sum_over_replicas(self, value):
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
+    def broadcast_initial_state(self, variables: list) -> None:
+        """MultiWorkerMirroredStrategy: copies the chief's values to every worker.
+
+        Each worker restored from its own checkpoint_dir, and only the chief's holds the
+        run's checkpoints (the others' scratch dirs start empty): without this copy a
+        resumed run would continue from step 0 on the other workers. The copy is a sum
+        over all replicas to which only the chief's first replica contributes; values
+        travel as float64, exact for float32 and for integers (steps) below 2**53.
+        MirroredStrategy needs nothing: its one process restores every replica."""
+        if self.name != "multi_worker" or self.num_pipelines == 1:
+            return
+        import keras
+
+        tf_vars = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+        chief, local_replicas = self.is_chief, self.replicas_per_pipeline
+
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            first_local = tf.equal(ctx.replica_id_in_sync_group % local_replicas, 0)
+            keep = tf.logical_and(tf.constant(chief), first_local)
+            values = [tf.cast(tf.convert_to_tensor(v), tf.float64) for v in tf_vars]
+            values = [tf.where(keep, x, tf.zeros_like(x)) for x in values]
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+        @tf.function
+        def chief_values():
+            return self.strategy.experimental_local_results(self.strategy.run(replica_fn))[0]
+
+        with self.strategy.scope():
+            for var, value in zip(tf_vars, chief_values()):
+                var.assign(tf.cast(value, var.dtype))
+
     def checkpoint_dir(self, model_dir: str) -> str:
         # MultiWorkerMirroredStrategy: every worker must take part in saving; only the
-        # chief's copy is kept, the others write to a scratch dir and delete it.
+        # chief's copy is kept, the others write to a scratch dir, deleted when the
+        # process exits (and on start, if a killed run left one behind: resuming uses
+        # the chief's checkpoint only, see broadcast_initial_state).
         if self.is_chief or self.name != "multi_worker":
             return model_dir
-        return os.path.join(model_dir, "workers_tmp", f"{self._task[0]}_{self._task[1]}")
+        import atexit
+
+        scratch = os.path.join(model_dir, "workers_tmp", f"{self._task[0]}_{self._task[1]}")
+        self._remove_scratch(scratch)
+        atexit.register(self._remove_scratch, scratch)
+        return scratch
+
+    @staticmethod
+    def _remove_scratch(scratch: str) -> None:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(scratch))  # workers_tmp, once it is empty
+        except OSError:
+            pass
 
 
 class Horovod(Backend):
@@ -139,6 +194,10 @@ class Horovod(Backend):
         self.num_pipelines = hvd.size()
         self.pipeline_index = hvd.rank()
         self.is_chief = hvd.rank() == 0
+
+    @property
+    def saves_checkpoints(self) -> bool:
+        return self.is_chief
 
     def all_reduce_gradients(self, grads):
         # One fused call for the three groups; losses are already divided by the global
