@@ -72,6 +72,10 @@ class Config:
     lr_scaling: str = _field("none", "How mu_0 follows the global batch: none, or linear "
                              "(mu_0 * batch_size / lr_base_batch).", LR_SCALINGS)
     lr_base_batch: int = _field(64, "Reference batch for --lr_scaling=linear.")
+    ema_momentum: float = _field(0.0, "Evaluate and export an exponential moving average of the "
+                                 "weights (Polyak averaging) with this momentum, e.g. 0.999; 0: "
+                                 "the raw weights. Smooths DANN's step-to-step swings in target "
+                                 "accuracy without looking at target labels.")
     gamma: float = _field(10.0, "gamma of the adaptation factor lambda_p = 2/(1+exp(-gamma p)) - 1.")
     lambda_max: float = _field(1.0, "Upper value of lambda_p (the paper uses 1).")
 
@@ -90,6 +94,10 @@ class Config:
     checkpoint_every: int = _field(1000, "Steps between checkpoints.")
     keep_checkpoints: int = _field(3, "How many checkpoints to keep.")
     export: bool = _field(True, "Export extractor+classifier as a SavedModel at the end.")
+    source_holdout: int = _field(5000, "Hold out the last N MNIST training images as a source "
+                                 "validation set (label-free model selection; 0: none).")
+    selection_images: int = _field(5000, "Unlabelled target training images on which each "
+                                   "evaluation measures prediction entropy (label-free selection).")
     max_train_examples: int = _field(0, "Use only the first N training images of each domain "
                                      "(0: all). For smoke tests.")
     max_test_examples: int = _field(0, "Evaluate on only the first N test images (0: all).")
@@ -141,13 +149,15 @@ def validate(config: Config) -> Config:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be a positive integer.")
-    for name in ("eval_every", "max_train_examples", "max_test_examples"):
+    for name in ("eval_every", "max_train_examples", "max_test_examples", "source_holdout",
+                 "selection_images"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be >= 0.")
     if config.learning_rate <= 0:
         raise ConfigError(f"--learning_rate={config.learning_rate}: must be > 0.")
-    if not 0 <= config.momentum < 1:
-        raise ConfigError(f"--momentum={config.momentum}: must be in [0, 1).")
+    for name in ("momentum", "ema_momentum"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f"--{name}={getattr(config, name)}: must be in [0, 1).")
     if not config.model_dir:
         raise ConfigError("--model_dir is empty: give a directory for checkpoints and summaries.")
     for field in dataclasses.fields(Config):

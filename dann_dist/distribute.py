@@ -22,6 +22,10 @@ from dann_dist.config import Config, ConfigError
 _LAUNCHER_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 
 
+class InconsistentProcessesError(RuntimeError):
+    pass
+
+
 class Backend:
     name = "single"
     num_replicas = 1          # replicas over all processes
@@ -71,8 +75,17 @@ class Backend:
     def checkpoint_dir(self, model_dir: str) -> str:
         return model_dir
 
+    def local_leader_first(self, fn: Callable):
+        """Runs fn on this host's first process before the others (which then find the
+        data cache ready instead of all downloading and generating it at once)."""
+        return fn()
+
     def barrier(self) -> None:
-        pass
+        """Returns once every process has reached it (no-op with one process)."""
+
+    def check_same_on_all_processes(self, what: str, value: str) -> None:
+        """Raises InconsistentProcessesError on every process if `value` differs between
+        processes (a rank with other data would otherwise fail later, or hang)."""
 
     def describe(self, global_batch: int) -> str:
         per_replica = global_batch // self.num_replicas
@@ -216,6 +229,22 @@ class Horovod(Backend):
 
     def barrier(self):
         self.hvd.allreduce(tf.constant(0.0), op=self.hvd.Sum, name="barrier")
+
+    def check_same_on_all_processes(self, what, value):
+        values = self.hvd.allgather_object(value)
+        if len(set(values)) > 1:
+            differing = [rank for rank, v in enumerate(values) if v != values[0]]
+            raise InconsistentProcessesError(
+                f"{what} differs between ranks: rank 0 has {values[0]}, ranks {differing} "
+                "have other values. Give every rank the same data and flags.")
+
+    def local_leader_first(self, fn):
+        leader = self.hvd.local_rank() == 0
+        if leader:
+            result = fn()
+        # Every rank reaches the barrier: the leader after its work, the others before.
+        self.barrier()
+        return result if leader else fn()
 
 
 def launched_by_horovod() -> bool:

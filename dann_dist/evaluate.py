@@ -70,7 +70,8 @@ def evaluate_run(model_dir: str, checkpoint: str = "", eval_batch_size: int = 10
     n = max_test_examples or None
     test_sets = {"source": (source.x_test[:n], source.y_test[:n]),
                  "target": (target.x_test[:n], target.y_test[:n])}
-    metrics = make_evaluator(models)(test_sets, mean, eval_batch_size)
+    with step_lib.evaluation_weights(state):
+        metrics = make_evaluator(models)(test_sets, mean, eval_batch_size)
     metrics.update(step=int(state.step.numpy()), checkpoint=path)
     return metrics
 

@@ -1,5 +1,6 @@
-"""Batched evaluation of both test sets: label accuracy and loss per domain, and the
-discriminator's domain accuracy (from its sigmoid probability, threshold 0.5).
+"""Batched evaluation: label accuracy and loss per labelled set, the discriminator's
+domain accuracy (sigmoid probability, threshold 0.5) on both test sets, and the mean
+prediction entropy on unlabelled target images (a label-free selection criterion).
 Target labels are used here for reporting only, never for training or selection."""
 
 from __future__ import annotations
@@ -10,31 +11,47 @@ import tensorflow as tf
 from dann_dist.data.pipeline import eval_dataset
 from dann_dist.models import DannModels
 
+SOURCE, TARGET = 0.0, 1.0
+
 
 def make_evaluator(models: DannModels):
     @tf.function
     def batch_sums(images, labels, domain_label):
         features = models.extractor(images, training=False)
-        logits = models.classifier(features, training=False)
+        logits = tf.cast(models.classifier(features, training=False), tf.float32)
         loss = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32)
+        probs = tf.nn.softmax(logits)
+        entropy = -tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)
         domain_prob = tf.sigmoid(models.discriminator(features, training=False))[:, 0]
         domain_correct = tf.cast(tf.equal(tf.cast(domain_prob > 0.5, tf.float32), domain_label), tf.float32)
-        return tf.stack([tf.reduce_sum(loss), tf.reduce_sum(correct), tf.reduce_sum(domain_correct)])
+        return tf.stack([tf.reduce_sum(loss), tf.reduce_sum(correct), tf.reduce_sum(domain_correct),
+                         tf.reduce_sum(entropy)])
 
-    def evaluate(test_sets: dict, mean, batch_size: int) -> dict:
-        """test_sets: {"source": (x, y), "target": (x, y)} uint8 images, int labels."""
-        out, domain_correct, domain_count = {}, 0.0, 0
-        for domain_label, name in enumerate(("source", "target")):
+    def totals(images, labels, domain_label, mean, batch_size):
+        out = np.zeros(4)
+        for x, y in eval_dataset(images, labels, mean=mean, batch_size=batch_size):
+            out += batch_sums(x, y, tf.constant(domain_label)).numpy()
+        return out / len(images)
+
+    def evaluate(test_sets: dict, mean, batch_size: int, source_val=None, target_unlabelled=None) -> dict:
+        """test_sets: {"source": (x, y), "target": (x, y)} uint8 images, int labels.
+        source_val: (x, y) held-out source images; target_unlabelled: target images."""
+        out = {}
+        domain = []
+        for name, domain_label in (("source", SOURCE), ("target", TARGET)):
             images, labels = test_sets[name]
-            totals = np.zeros(3)
-            for x, y in eval_dataset(images, labels, mean=mean, batch_size=batch_size):
-                totals += batch_sums(x, y, tf.constant(float(domain_label))).numpy()
-            out[f"{name}_loss"] = totals[0] / len(labels)
-            out[f"{name}_accuracy"] = totals[1] / len(labels)
-            domain_correct += totals[2]
-            domain_count += len(labels)
-        out["domain_accuracy"] = domain_correct / domain_count
+            loss, accuracy, domain_accuracy, _ = totals(images, labels, domain_label, mean, batch_size)
+            out.update({f"{name}_loss": loss, f"{name}_accuracy": accuracy})
+            domain.append((domain_accuracy, len(labels)))
+        out["domain_accuracy"] = sum(a * n for a, n in domain) / sum(n for _, n in domain)
+        if source_val is not None and len(source_val[0]):
+            loss, accuracy, _, _ = totals(*source_val, SOURCE, mean, batch_size)
+            out.update(source_val_loss=loss, source_val_accuracy=accuracy)
+        if target_unlabelled is not None and len(target_unlabelled):
+            # Labels are a dummy: only the entropy of the predictions is kept.
+            dummy = np.zeros(len(target_unlabelled), np.int64)
+            out["target_entropy"] = totals(target_unlabelled, dummy, TARGET, mean, batch_size)[3]
         return {k: float(v) for k, v in out.items()}
 
     return evaluate

@@ -12,6 +12,7 @@ sums) over replicas gives exactly the single-device mean over the global batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable
 
@@ -50,9 +51,29 @@ def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
     lr = config.effective_learning_rate
     if config.lr_schedule == "annealed":
         lr = schedules.AnnealedLearningRate(lr, config.train_steps, config.lr_alpha, config.lr_beta)
+    # The optimizer keeps the weight average (and checkpoints it); training never sees it.
+    ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum or 0.99)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=config.momentum)
-    return keras.optimizers.Adam(lr)
+        return keras.optimizers.SGD(lr, momentum=config.momentum, **ema)
+    return keras.optimizers.Adam(lr, **ema)
+
+
+@contextlib.contextmanager
+def evaluation_weights(state: TrainState):
+    """Within the block, the models hold the moving average of their weights (when
+    --ema_momentum > 0); the raw weights, which training continues from, come back after."""
+    if not state.optimizers[0].use_ema:
+        yield
+        return
+    raw = [[v.numpy() for v in m.trainable_variables] for m in state.models.groups]
+    for optimizer, model in zip(state.optimizers, state.models.groups):
+        optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        for values, model in zip(raw, state.models.groups):
+            for variable, value in zip(model.trainable_variables, values):
+                variable.assign(value)
 
 
 def create_state(models: DannModels, config: Config) -> TrainState:

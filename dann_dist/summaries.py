@@ -38,24 +38,14 @@ class Summaries:
         with self.train.as_default(step=0):
             tf.summary.text(name, text)
 
-    def image_grid(self, name: str, rows: list[np.ndarray], step: int = 0) -> None:
-        """rows: uint8 [n, 28, 28, C] arrays, one row of the grid each."""
+    def image(self, name: str, image: np.ndarray, step: int = 0) -> None:
+        """image: uint8 [H, W, 3]."""
         if not self.enabled:
             return
         with self.train.as_default(step=step):
-            tf.summary.image(name, sample_grid(rows)[None], step=step)
+            tf.summary.image(name, image[None], step=step)
 
     def flush(self) -> None:
         if self.enabled:
             self.train.flush()
             self.eval.flush()
-
-
-def sample_grid(rows: list[np.ndarray]) -> np.ndarray:
-    """Stacks rows of images into one uint8 RGB image with a 2-pixel border."""
-    rgb_rows = []
-    for images in rows:
-        images = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-        padded = np.pad(images, ((0, 0), (2, 0), (2, 0), (0, 0)))
-        rgb_rows.append(np.concatenate(list(padded), axis=1))
-    return np.concatenate(rgb_rows, axis=0)

@@ -24,7 +24,7 @@ def main(argv: list[str], domains=None) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; flags are --name=value", cli.EXIT_USAGE)
     # Heavy imports after flag parsing: --help and flag errors stay instant.
-    from dann_dist import trainer
+    from dann_dist import distribute, trainer
     from dann_dist.data import DataError
 
     try:
@@ -32,7 +32,7 @@ def main(argv: list[str], domains=None) -> None:
         metrics = trainer.train_and_evaluate(config, domains)
     except config_lib.ConfigError as err:
         cli.fail(str(err), cli.EXIT_USAGE)
-    except DataError as err:
+    except (DataError, distribute.InconsistentProcessesError) as err:
         cli.fail(str(err), cli.EXIT_ERROR)
     except trainer.NonFiniteLossError as err:
         cli.fail(str(err), cli.EXIT_NONFINITE)

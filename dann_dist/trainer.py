@@ -16,6 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 from dann_dist import checkpoints, config as config_lib, distribute, step as step_lib
+from dann_dist.data import sample_grid
 from dann_dist.data.pipeline import channel_mean, train_dataset
 from dann_dist.evaluation import make_evaluator
 from dann_dist.models import build_models
@@ -23,6 +24,7 @@ from dann_dist.summaries import Summaries
 
 
 RUN_RECORD = "run.json"
+EVAL_HISTORY = "eval_history.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,6 +74,27 @@ def _trim(x, n):
     return x[:n] if n else x
 
 
+def _fingerprint(*arrays) -> str:
+    """Shapes, labels and a strided sample of the pixels: cheap, and any two data sets a
+    user could mix up differ in it."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array.reshape(len(array), -1)[::97]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _split_holdout(x, y, holdout: int):
+    """(train x, train y, (validation x, validation y)): the last `holdout` examples are
+    kept for validation, never trained on."""
+    if holdout == 0:
+        return x, y, None
+    if holdout >= len(x):
+        raise config_lib.ConfigError(f"--source_holdout={holdout} leaves no source training "
+                                     f"images (there are {len(x)}).")
+    return x[:-holdout], y[:-holdout], (x[-holdout:], y[-holdout:])
+
+
 def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     """Trains (or resumes) until config.train_steps; returns the final evaluation.
     `domains` (source, target) may be passed in to skip loading (tests)."""
@@ -87,8 +110,8 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
             logging.info("learning rate %g scaled %s to %g for global batch %d", config.learning_rate,
                          config.lr_scaling, config.effective_learning_rate, config.batch_size)
 
-    source, target = domains or load_domains(config)
-    train_x, train_y = source.x_train, source.y_train
+    source, target = domains or backend.local_leader_first(lambda: load_domains(config))
+    train_x, train_y, source_val = _split_holdout(source.x_train, source.y_train, config.source_holdout)
     if config.adaptation == "target_only":
         # The paper's upper bound: the labelled "source" stream is the target domain.
         train_x, train_y = target.x_train, target.y_train
@@ -98,6 +121,8 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         "source": (_trim(source.x_test, config.max_test_examples), _trim(source.y_test, config.max_test_examples)),
         "target": (_trim(target.x_test, config.max_test_examples), _trim(target.y_test, config.max_test_examples)),
     }
+    selection_images = target_x[:config.selection_images]
+    backend.check_same_on_all_processes("training data", _fingerprint(train_x, train_y, target_x))
     mean = channel_mean(train_x, target_x)
     if backend.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
@@ -122,8 +147,7 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     if start_step == 0:
         summaries.hparams(config_lib.to_dict(config))
         summaries.text("data", f"source: {source.description}\n\ntarget: {target.description}")
-        summaries.image_grid("input_samples/source_top_target_bottom",
-                             [source.x_train[:16], target.x_train[:16]])
+        summaries.image("input_samples/source_top_target_bottom", sample_grid.grid([source, target]))
 
     iterator = backend.distribute(lambda index, count, replicas: train_dataset(
         train_x, train_y, target_x, mean=mean, per_replica_batch=per_replica, seed=config.seed,
@@ -137,11 +161,18 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
             manager.save(checkpoint_number=step)
 
     def run_eval(step: int) -> dict:
-        metrics = evaluate(test_sets, mean, config.eval_batch_size)
+        with step_lib.evaluation_weights(state):
+            metrics = evaluate(test_sets, mean, config.eval_batch_size, source_val, selection_images)
+        summaries.scalars("eval", metrics, step)
         metrics["step"] = step
-        summaries.scalars("eval", {k: v for k, v in metrics.items() if k != "step"}, step)
         if backend.is_chief:
             logging.info("eval step %d: %s", step, _fmt(metrics))
+            # One line per evaluation: what the report's model-selection criteria read.
+            p = step / config.train_steps
+            schedule = {"lambda": float(step_lib.adaptation_factor(config, step)),
+                        "learning_rate": float(state.optimizers[0].learning_rate.numpy())}
+            with open(os.path.join(config.model_dir, EVAL_HISTORY), "a") as f:
+                f.write(json.dumps({**metrics, **schedule, "progress": p}, sort_keys=True) + "\n")
         return metrics
 
     metrics = None
@@ -198,7 +229,8 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     metrics["resumed_from_step"] = start_step
     if backend.is_chief:
         if config.export:
-            path = checkpoints.export(models, mean, os.path.join(config.model_dir, "export"))
+            with step_lib.evaluation_weights(state):
+                path = checkpoints.export(models, mean, os.path.join(config.model_dir, "export"))
             logging.info("exported extractor+classifier to %s", path)
         _write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
     summaries.flush()

@@ -31,7 +31,9 @@ def main(argv):
             f.write(str(os.getpid()))
     from synthetic import synthetic_domains
 
-    train.main(argv, domains=synthetic_domains(flags.FLAGS.n_train))
+    seed = flags.FLAGS.data_seed + (int(os.environ.get("HOROVOD_RANK", "0"))
+                                     if flags.FLAGS.data_seed_per_rank else 0)
+    train.main(argv, domains=synthetic_domains(flags.FLAGS.n_train, seed=seed))
 
 
 if __name__ == "__main__":
@@ -39,4 +41,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("logical_cpus", 1, "Split the CPU into this many logical devices.")
     flags.DEFINE_integer("n_train", 256, "Synthetic training images per domain.")
     flags.DEFINE_string("pid_dir", "", "Write this process's pid to <pid_dir>/<rank>.")
+    flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic data.")
+    flags.DEFINE_bool("data_seed_per_rank", False, "Testing aid: each Horovod rank gets other data.")
+    # The synthetic domains are small: hold out and score a fraction of them only.
+    flags.FLAGS.set_default("source_holdout", 32)
+    flags.FLAGS.set_default("selection_images", 64)
     app.run(main, flags_parser=cli.parse_flags_or_exit)

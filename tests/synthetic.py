@@ -44,6 +44,7 @@ def tiny_config(model_dir, **overrides):
     from dann_dist.config import Config, validate
 
     base = dict(model_dir=str(model_dir), train_steps=20, batch_size=16, log_every=10,
-                eval_every=0, checkpoint_every=10, eval_batch_size=64, strategy="single")
+                eval_every=0, checkpoint_every=10, eval_batch_size=64, strategy="single",
+                source_holdout=32, selection_images=64)
     base.update(overrides)
     return validate(Config(**base))

@@ -111,3 +111,15 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, domai
         value = reader.get_tensor(name)
         if np.issubdtype(np.asarray(value).dtype, np.floating):
             assert np.all(np.isfinite(value)), name
+
+
+def test_weight_averaging_changes_what_is_evaluated_but_not_training(tmp_path, domains):
+    raw = trainer.train_and_evaluate(tiny_config(tmp_path / "raw", train_steps=12), domains=domains)
+    ema = trainer.train_and_evaluate(tiny_config(tmp_path / "ema", train_steps=12, ema_momentum=0.9),
+                                     domains=domains)
+    assert ema["weights_digest"] == raw["weights_digest"], "averaging leaked into training"
+    assert ema["source_loss"] != raw["source_loss"]
+    exported = tf.saved_model.load(str(tmp_path / "ema" / "export"))
+    source = domains[0]
+    accuracy = np.mean(exported.serve(tf.constant(source.x_test)).numpy().argmax(1) == source.y_test)
+    assert accuracy == pytest.approx(ema["source_accuracy"], abs=1e-9)
