@@ -65,6 +65,11 @@ class Backend:
     def all_reduce_gradients(self, grads: list) -> list:
         return grads
 
+    def all_finite(self, grads: list) -> tf.Tensor:
+        """1.0 if every gradient on every replica is finite, else 0.0 (all replicas agree).
+        Called after all_reduce_gradients: where that reduced, local finiteness is global."""
+        return _all_finite(grads)
+
     def sum_over_replicas(self, value):
         return value
 
@@ -137,6 +142,12 @@ class TfDistribute(Backend):
         # tf.distribute strategy; reducing here as well would count them twice.
         return grads
 
+    def all_finite(self, grads):
+        # Gradients are still per replica here (the optimizers reduce them): vote.
+        bad = 1.0 - _all_finite(grads)
+        votes = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
+        return tf.cast(votes == 0.0, tf.float32)
+
     def sum_over_replicas(self, value):
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
@@ -203,10 +214,84 @@ class Horovod(Backend):
     def __init__(self, hvd, reason: str):
         self.hvd = hvd
         self.reason = reason
-        self.num_replicas = hvd.size()
-        self.num_pipelines = hvd.size()
-        self.pipeline_index = hvd.rank()
-        self.is_chief = hvd.rank() == 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reads size and rank from Horovod (again after an elastic reset renumbers ranks)."""
+        self.num_replicas = self.hvd.size()
+        self.num_pipelines = self.hvd.size()
+        self.pipeline_index = self.hvd.rank()
+        self.is_chief = self.hvd.rank() == 0
+
+    def elastic_state(self, variables: list):
+        """Elastic Horovod state over `variables` (Keras or tf.Variables): commit() copies
+        their values to host memory and checks for host changes; after a failure every
+        survivor restores the last commit, then all processes (new ones too) take rank 0's
+        values. The backend's size and rank are refreshed on every reset.
+
+        Horovod's TensorFlowState is not used: under eager TF 2 it broadcasts the variables
+        once, in its constructor, and not in sync(), so a process that joins later would
+        neither match the others' collectives nor receive their weights."""
+        import keras
+        from horovod.common.elastic import ObjectState
+
+        hvd = self.hvd
+        tf_vars = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+
+        class VariablesState(ObjectState):
+            def __init__(self):
+                self.variables = tf_vars
+                self._snapshot()
+                super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank)
+
+            def _snapshot(self):
+                self._values = [v.numpy() for v in self.variables]
+
+            def save(self):
+                self._snapshot()
+                super().save()
+
+            def restore(self):
+                for variable, value in zip(self.variables, self._values):
+                    variable.assign(value)
+                super().restore()
+
+            def sync(self):
+                hvd.broadcast_variables(self.variables, root_rank=0)
+                self._snapshot()
+                super().sync()
+
+        state = VariablesState()
+        state.register_reset_callbacks([self.refresh])
+        return state
+
+    def run_elastic(self, state, fn: Callable):
+        """Runs fn() as hvd.elastic.run does: when a process fails (a collective raises) or
+        hosts change (at a commit), the survivors restore the last commit, re-initialise
+        Horovod with the new set of processes and call fn() again. Returns fn's result.
+
+        hvd.elastic.run's own wrapper is not used: it recognises a failed collective only
+        by 'HorovodAllreduce'/'HorovodAllgather'/'HorovodBroadcast' in a tf UnknownError
+        (the grouped all-reduce of the train step is 'HorovodGroupedAllreduce'), and it
+        returns None, silently, on any other UnknownError."""
+        from horovod.common.elastic import run_fn
+        from horovod.common.exceptions import HorovodInternalError
+
+        hvd = self.hvd
+
+        def attempt(state):
+            try:
+                return fn()
+            except tf.errors.OpError as err:
+                if "Horovod" in str(err):
+                    raise HorovodInternalError(err) from err
+                raise
+
+        def reset():
+            hvd.shutdown()
+            hvd.init()
+
+        return run_fn(attempt, reset)(state)
 
     @property
     def saves_checkpoints(self) -> bool:
@@ -245,6 +330,10 @@ class Horovod(Backend):
         # Every rank reaches the barrier: the leader after its work, the others before.
         self.barrier()
         return result if leader else fn()
+
+
+def _all_finite(grads: list) -> tf.Tensor:
+    return tf.cast(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]), tf.float32)
 
 
 def launched_by_horovod() -> bool:

@@ -21,7 +21,8 @@ NUM_CLASSES = 10
 def reverse_gradient(x, lam):
     """Identity forward; multiplies the incoming gradient by -lam backward."""
     def grad(upstream):
-        return -lam * upstream, None
+        # Features may be float16/bfloat16 under mixed precision; lam is float32.
+        return -tf.cast(lam, upstream.dtype) * upstream, None
     return tf.identity(x), grad
 
 

@@ -33,10 +33,16 @@ class TrainState:
     models: DannModels
     optimizers: tuple[keras.optimizers.Optimizer, ...]
     step: tf.Variable
+    # mixed_float16 only: one dynamic loss scale for all three gradient groups, so that
+    # they are scaled, unscaled and skipped together.
+    loss_scale: tf.Variable | None = None
+    good_steps: tf.Variable | None = None
 
     def trackables(self) -> dict:
         names = ("extractor", "classifier", "discriminator")
         out = {"step": self.step}
+        if self.loss_scale is not None:
+            out.update(loss_scale=self.loss_scale, good_steps=self.good_steps)
         out.update(zip(names, self.models.groups))
         out.update((f"{n}_optimizer", o) for n, o in zip(names, self.optimizers))
         return out
@@ -44,6 +50,8 @@ class TrainState:
     def all_variables(self) -> list:
         variables = [v for m in self.models.groups for v in m.variables]
         variables += [v for o in self.optimizers for v in o.variables]
+        if self.loss_scale is not None:
+            variables += [self.loss_scale, self.good_steps]
         return variables
 
 
@@ -83,7 +91,25 @@ def create_state(models: DannModels, config: Config) -> TrainState:
     for optimizer, model in zip(optimizers, models.groups):
         optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    return TrainState(models, optimizers, step)
+    if config.precision != "mixed_float16":
+        return TrainState(models, optimizers, step)
+    loss_scale = tf.Variable(INITIAL_LOSS_SCALE, dtype=tf.float32, trainable=False, name="loss_scale")
+    good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+    return TrainState(models, optimizers, step, loss_scale, good_steps)
+
+
+# Dynamic loss scaling as in mixed-precision training practice: start high, halve on a
+# non-finite gradient (that step applies zero gradients), double after a run of finite ones.
+INITIAL_LOSS_SCALE = 2.0 ** 15
+LOSS_SCALE_GROWTH_STEPS = 2000
+
+
+def update_loss_scale(state: TrainState, finite) -> None:
+    grow = tf.logical_and(finite, state.good_steps + 1 >= LOSS_SCALE_GROWTH_STEPS)
+    state.loss_scale.assign(tf.where(finite, tf.where(grow, state.loss_scale * 2.0, state.loss_scale),
+                                     tf.maximum(state.loss_scale / 2.0, 1.0)))
+    state.good_steps.assign(tf.where(tf.logical_and(finite, tf.logical_not(grow)),
+                                     state.good_steps + 1, tf.zeros_like(state.good_steps)))
 
 
 def adaptation_factor(config: Config, step) -> tf.Tensor:
@@ -94,13 +120,14 @@ def adaptation_factor(config: Config, step) -> tf.Tensor:
 
 
 def make_compute_gradients(models: DannModels, config: Config, global_batch: int) -> Callable:
-    """Returns fn(batch, lam, step) -> (flat gradients of the three groups, metric sums)."""
+    """Returns fn(batch, lam, step, loss_scale) -> (flat gradients of the three groups,
+    unscaled; metric sums). loss_scale is 1 except under mixed_float16."""
     extractor, classifier, discriminator = models.groups
     flipped = config.adversarial_loss == "flipped_labels"
     label_xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     domain_xent = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
 
-    def compute(batch, lam, step):
+    def compute(batch, lam, step, scale):
         source, labels, target = batch["source_images"], batch["source_labels"], batch["target_images"]
         n = tf.shape(source)[0]
         # Source = 0, target = 1.
@@ -116,19 +143,21 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
             domain_logits = discriminator(disc_input, training=True)
             domain_loss_sum = tf.reduce_sum(domain_xent(domain_labels, domain_logits))
             domain_loss = domain_loss_sum / (2 * global_batch)
+            # Scaled inside the tape (scale is 1 unless mixed_float16), unscaled below.
             if flipped:
                 fooled_loss = tf.reduce_sum(domain_xent(1.0 - domain_labels, domain_logits)) / (2 * global_batch)
-                extractor_loss = label_loss + lam * fooled_loss
+                scaled_losses = [(label_loss + lam * fooled_loss) * scale, label_loss * scale,
+                                 domain_loss * scale]
             else:
-                total_loss = label_loss + domain_loss
+                scaled_total = (label_loss + domain_loss) * scale
 
         if flipped:
-            grads = (tape.gradient(extractor_loss, extractor.trainable_variables)
-                     + tape.gradient(label_loss, classifier.trainable_variables)
-                     + tape.gradient(domain_loss, discriminator.trainable_variables))
+            grads = [g for loss, model in zip(scaled_losses, models.groups)
+                     for g in tape.gradient(loss, model.trainable_variables)]
             del tape
         else:
-            grads = tape.gradient(total_loss, [v for m in models.groups for v in m.trainable_variables])
+            grads = tape.gradient(scaled_total, [v for m in models.groups for v in m.trainable_variables])
+        grads = [g / scale for g in grads]
 
         label_correct = tf.reduce_sum(tf.cast(
             tf.equal(tf.argmax(label_logits, axis=-1, output_type=labels.dtype), labels), tf.float32))
@@ -155,19 +184,27 @@ def make_train_step(state: TrainState, config: Config, backend) -> Callable:
     stop votes). `stop` (0. or 1.) rides along with the metric all-reduce, so a signal
     seen by any process stops every process after the same step, at no extra cost."""
     compute = make_compute_gradients(state.models, config, backend.global_batch(config.batch_size))
+    scaled = state.loss_scale is not None
 
-    def replica_step(batch, lam, step, stop):
-        grads, sums = compute(batch, lam, step)
+    def replica_step(batch, lam, step, stop, scale):
+        grads, sums = compute(batch, lam, step, scale)
         grads = backend.all_reduce_gradients(grads)
+        finite = tf.constant(1.0)
+        if scaled:
+            finite = backend.all_finite(grads)
+            grads = [tf.where(finite > 0, g, tf.zeros_like(g)) for g in grads]
         apply_gradients(state, grads)
-        return tf.concat([sums, [stop]], axis=0)
+        return tf.concat([sums, [stop, finite]], axis=0)
 
     @tf.function
     def train_step(iterator, stop):
         lam = adaptation_factor(config, state.step)
-        totals = backend.run(replica_step, (next(iterator), lam, tf.identity(state.step), stop))
+        scale = tf.identity(state.loss_scale) if scaled else tf.constant(1.0)
+        totals = backend.run(replica_step, (next(iterator), lam, tf.identity(state.step), stop, scale))
         state.step.assign_add(1)
         totals = backend.sum_over_replicas(totals)
-        return totals[:-1], lam, totals[-1]
+        if scaled:
+            update_loss_scale(state, totals[-1] >= backend.num_replicas)
+        return totals[:-2], lam, totals[-2]
 
     return train_step

@@ -123,3 +123,30 @@ def test_weight_averaging_changes_what_is_evaluated_but_not_training(tmp_path, d
     source = domains[0]
     accuracy = np.mean(exported.serve(tf.constant(source.x_test)).numpy().argmax(1) == source.y_test)
     assert accuracy == pytest.approx(ema["source_accuracy"], abs=1e-9)
+
+
+def test_mixed_float16_trains_with_a_dynamic_loss_scale(tmp_path, domains):
+    from dann_dist import step as step_lib
+    import keras
+
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=4, precision="mixed_float16"),
+                                         domains=domains)
+    keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(metrics["source_loss"])
+    reader = tf.train.load_checkpoint(str(tmp_path))
+    assert reader.get_tensor("loss_scale/.ATTRIBUTES/VARIABLE_VALUE") == step_lib.INITIAL_LOSS_SCALE
+    assert reader.get_tensor("good_steps/.ATTRIBUTES/VARIABLE_VALUE") == 4
+
+
+def test_loss_scale_halves_on_overflow_and_grows_after_a_finite_run():
+    from dann_dist import step as step_lib
+
+    state = step_lib.TrainState(None, (), tf.Variable(0, dtype=tf.int64),
+                                tf.Variable(8.0), tf.Variable(0, dtype=tf.int64))
+    step_lib.update_loss_scale(state, tf.constant(False))
+    assert float(state.loss_scale) == 4.0 and int(state.good_steps) == 0
+    state.good_steps.assign(step_lib.LOSS_SCALE_GROWTH_STEPS - 1)
+    step_lib.update_loss_scale(state, tf.constant(True))
+    assert float(state.loss_scale) == 8.0 and int(state.good_steps) == 0
+    step_lib.update_loss_scale(state, tf.constant(True))
+    assert float(state.loss_scale) == 8.0 and int(state.good_steps) == 1
