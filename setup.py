@@ -24,6 +24,7 @@ setup(
             "dann-evaluate=dann_dist.evaluate:run",
             "dann-data=dann_dist.data.__main__:run",
             "dann-bench=dann_dist.bench:run",
+            "dann-report=dann_dist.report:run",
         ]
     },
 )
