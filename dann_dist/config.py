@@ -93,6 +93,13 @@ class Config:
     eval_batch_size: int = _field(1000, "Batch of the evaluation forward passes.")
     checkpoint_every: int = _field(1000, "Steps between checkpoints.")
     keep_checkpoints: int = _field(3, "How many checkpoints to keep.")
+    elastic: bool = _field(False, "Elastic Horovod: run under `horovodrun --min-np/--max-np "
+                           "--host-discovery-script` (launch/horovod_elastic.sh); when a process "
+                           "dies or hosts come and go, the others roll back to the last commit, "
+                           "re-form with the new size and continue. Needs --strategy=horovod|auto.")
+    elastic_commit_every: int = _field(50, "With --elastic: steps between commits of the whole "
+                                       "training state to memory (also when host changes are "
+                                       "checked); a lost process costs at most this many steps.")
     export: bool = _field(True, "Export extractor+classifier as a SavedModel at the end.")
     source_holdout: int = _field(5000, "Hold out the last N MNIST training images as a source "
                                  "validation set (label-free model selection; 0: none).")
@@ -145,7 +152,7 @@ def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
 def validate(config: Config) -> Config:
     """Rejects settings that would fail later, naming the flag and the fix."""
     positive = ("train_steps", "batch_size", "log_every", "eval_batch_size", "checkpoint_every",
-                "keep_checkpoints", "lr_base_batch")
+                "keep_checkpoints", "lr_base_batch", "elastic_commit_every")
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be a positive integer.")
@@ -165,6 +172,10 @@ def validate(config: Config) -> Config:
         if choices and getattr(config, field.name) not in choices:
             raise ConfigError(f"--{field.name}={getattr(config, field.name)!r}: "
                               f"choose one of {', '.join(choices)}.")
+    if config.elastic and config.strategy not in ("horovod", "auto"):
+        raise ConfigError(f"--elastic works with Horovod only, not --strategy={config.strategy}: "
+                          "use --strategy=horovod (or auto) under horovodrun, see "
+                          "launch/horovod_elastic.sh.")
     _check_writable(config.model_dir, "--model_dir")
     if config.data_dir:
         _check_writable(config.data_dir, "--data_dir")

@@ -99,6 +99,12 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     """Trains (or resumes) until config.train_steps; returns the final evaluation.
     `domains` (source, target) may be passed in to skip loading (tests)."""
     backend = distribute.make_backend(config)
+    elastic = config.elastic
+    if elastic and not isinstance(backend, distribute.Horovod):
+        raise config_lib.ConfigError(
+            f"--elastic needs Horovod, but the backend is {backend.name} ({backend.reason}): "
+            "launch with horovodrun --min-np/--max-np --host-discovery-script, see "
+            "launch/horovod_elastic.sh.")
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
@@ -110,7 +116,10 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
             logging.info("learning rate %g scaled %s to %g for global batch %d", config.learning_rate,
                          config.lr_scaling, config.effective_learning_rate, config.batch_size)
 
-    source, target = domains or backend.local_leader_first(lambda: load_domains(config))
+    # Elastic: no collective may run outside the elastic loop (a process that joins later
+    # would meet the others' state broadcast there); the data cache is written atomically.
+    source, target = domains or (load_domains(config) if elastic else
+                                 backend.local_leader_first(lambda: load_domains(config)))
     train_x, train_y, source_val = _split_holdout(source.x_train, source.y_train, config.source_holdout)
     if config.adaptation == "target_only":
         # The paper's upper bound: the labelled "source" stream is the target domain.
@@ -122,7 +131,9 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         "target": (_trim(target.x_test, config.max_test_examples), _trim(target.y_test, config.max_test_examples)),
     }
     selection_images = target_x[:config.selection_images]
-    backend.check_same_on_all_processes("training data", _fingerprint(train_x, train_y, target_x))
+    fingerprint = _fingerprint(train_x, train_y, target_x)
+    if not elastic:
+        backend.check_same_on_all_processes("training data", fingerprint)
     mean = channel_mean(train_x, target_x)
     if backend.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
@@ -138,7 +149,12 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     manager = checkpoints.make_manager(state.trackables(), backend.checkpoint_dir(config.model_dir),
                                        config.keep_checkpoints)
     restored = checkpoints.restore_latest(manager)
-    backend.broadcast_initial_state(state.all_variables() + [state.step])
+    elastic_state = None
+    if elastic:
+        # Its sync, on entering the loop, gives every process rank 0's state.
+        elastic_state = backend.elastic_state(state.all_variables() + [state.step])
+    else:
+        backend.broadcast_initial_state(state.all_variables() + [state.step])
     start_step = int(state.step.numpy())
     if backend.is_chief:
         logging.info("%s at step %d", f"resumed from {restored}" if restored else "fresh run", start_step)
@@ -149,11 +165,6 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         summaries.text("data", f"source: {source.description}\n\ntarget: {target.description}")
         summaries.image("input_samples/source_top_target_bottom", sample_grid.grid([source, target]))
 
-    iterator = backend.distribute(lambda index, count, replicas: train_dataset(
-        train_x, train_y, target_x, mean=mean, per_replica_batch=per_replica, seed=config.seed,
-        replicas_per_pipeline=replicas, pipeline_index=index, num_pipelines=count,
-        start_step=start_step))
-    train_step = step_lib.make_train_step(state, config, backend)
     evaluate = make_evaluator(models)
 
     def save(step: int):
@@ -175,52 +186,79 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
                 f.write(json.dumps({**metrics, **schedule, "progress": p}, sort_keys=True) + "\n")
         return metrics
 
-    metrics = None
-    window = np.zeros(len(step_lib.METRIC_SUMS))
-    window_steps, window_start = 0, time.perf_counter()
-    examples_per_step = 2 * config.batch_size
-    step = start_step
-    with _SignalFlag() as signals:
-        while step < config.train_steps:
-            stop = tf.constant(float(signals.signum != 0))
-            sums, lam, stop_votes = train_step(iterator, stop)
-            step += 1
-            sums = sums.numpy()
-            if not np.all(np.isfinite(sums[:2])):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step}: label loss sum {sums[0]}, domain loss sum "
-                    f"{sums[1]}; the last good checkpoint in {config.model_dir} is kept. Lower "
-                    "--learning_rate or check the input.")
-            window += sums
-            window_steps += 1
-            if float(stop_votes) > 0:
-                # Every process logs before the chief saves and exits, so that a launcher
-                # that reaps the others on the first exit still shows where each stopped.
-                logging.warning("process %d: stop requested at step %d", backend.pipeline_index, step)
-                save(step)
-                if backend.is_chief:
-                    logging.info("stop requested at step %d: checkpoint written, exiting", step)
+    def train_loop() -> int:
+        """Trains from state.step to config.train_steps; returns the last step. Under
+        --elastic it runs again after every reset, from the last commit, with the new
+        number of processes: the input re-enters its stream at that step, sharded anew."""
+        nonlocal manager, summaries
+        step = int(state.step.numpy())
+        if elastic:
+            backend.check_same_on_all_processes("training data", fingerprint)
+            # The chief may have changed: only it writes summaries and checkpoints.
+            if summaries.enabled != backend.is_chief:
                 summaries.flush()
-                raise StopRequested(signals.signum or signal.SIGTERM)
-            if step % config.log_every == 0 or step == config.train_steps:
-                elapsed = time.perf_counter() - window_start
-                train_metrics = _window_metrics(window, window_steps, config.batch_size)
-                train_metrics.update(
-                    lambda_=float(lam),
-                    learning_rate=float(state.optimizers[0].learning_rate.numpy()),
-                    steps_per_sec=window_steps / elapsed,
-                    examples_per_sec=window_steps * examples_per_step / elapsed)
-                summaries.scalars("train", {k.rstrip("_"): v for k, v in train_metrics.items()}, step)
-                if backend.is_chief:
-                    eta = (config.train_steps - step) / train_metrics["steps_per_sec"]
-                    logging.info("step %d/%d %s eta %s", step, config.train_steps,
-                                 _fmt(train_metrics), _duration(eta))
-                window[:] = 0
-                window_steps, window_start = 0, time.perf_counter()
-            if step % config.checkpoint_every == 0:
-                save(step)
-            if config.eval_every and step % config.eval_every == 0 and step != config.train_steps:
-                run_eval(step)
+                summaries = Summaries(config.model_dir, backend.is_chief)
+            manager = checkpoints.make_manager(state.trackables(), backend.checkpoint_dir(config.model_dir),
+                                               config.keep_checkpoints)
+            logging.info("elastic: process %d of %d, training from step %d (%s)", backend.pipeline_index,
+                         backend.num_pipelines, step, backend.describe(config.batch_size))
+        per_replica = backend.per_replica_batch(config.batch_size)
+        iterator = backend.distribute(lambda index, count, replicas: train_dataset(
+            train_x, train_y, target_x, mean=mean, per_replica_batch=per_replica, seed=config.seed,
+            replicas_per_pipeline=replicas, pipeline_index=index, num_pipelines=count,
+            start_step=step))
+        train_step = step_lib.make_train_step(state, config, backend)
+        window = np.zeros(len(step_lib.METRIC_SUMS))
+        window_steps, window_start = 0, time.perf_counter()
+        examples_per_step = 2 * config.batch_size
+        with _SignalFlag() as signals:
+            while step < config.train_steps:
+                stop = tf.constant(float(signals.signum != 0))
+                sums, lam, stop_votes = train_step(iterator, stop)
+                step += 1
+                sums = sums.numpy()
+                if not np.all(np.isfinite(sums[:2])):
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step}: label loss sum {sums[0]}, domain loss sum "
+                        f"{sums[1]}; the last good checkpoint in {config.model_dir} is kept. Lower "
+                        "--learning_rate or check the input.")
+                window += sums
+                window_steps += 1
+                if float(stop_votes) > 0:
+                    # Every process logs before the chief saves and exits, so that a launcher
+                    # that reaps the others on the first exit still shows where each stopped.
+                    logging.warning("process %d: stop requested at step %d", backend.pipeline_index, step)
+                    save(step)
+                    if backend.is_chief:
+                        logging.info("stop requested at step %d: checkpoint written, exiting", step)
+                    summaries.flush()
+                    raise StopRequested(signals.signum or signal.SIGTERM)
+                if step % config.log_every == 0 or step == config.train_steps:
+                    elapsed = time.perf_counter() - window_start
+                    train_metrics = _window_metrics(window, window_steps, config.batch_size)
+                    train_metrics.update(
+                        lambda_=float(lam),
+                        learning_rate=float(state.optimizers[0].learning_rate.numpy()),
+                        steps_per_sec=window_steps / elapsed,
+                        examples_per_sec=window_steps * examples_per_step / elapsed)
+                    summaries.scalars("train", {k.rstrip("_"): v for k, v in train_metrics.items()}, step)
+                    if backend.is_chief:
+                        eta = (config.train_steps - step) / train_metrics["steps_per_sec"]
+                        logging.info("step %d/%d %s eta %s", step, config.train_steps,
+                                     _fmt(train_metrics), _duration(eta))
+                    window[:] = 0
+                    window_steps, window_start = 0, time.perf_counter()
+                if step % config.checkpoint_every == 0:
+                    save(step)
+                if config.eval_every and step % config.eval_every == 0 and step != config.train_steps:
+                    run_eval(step)
+                if elastic and step % config.elastic_commit_every == 0:
+                    # Every process commits at the same steps (commit is a collective).
+                    elastic_state.commit()
+        return step
+
+    metrics = None
+    step = backend.run_elastic(elastic_state, train_loop) if elastic else train_loop()
 
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
         save(step)
