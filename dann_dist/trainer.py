@@ -3,6 +3,7 @@ summaries, checkpoints and the export, written by the chief only."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -95,6 +96,32 @@ def _split_holdout(x, y, holdout: int):
     return x[:-holdout], y[:-holdout], (x[-holdout:], y[-holdout:])
 
 
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What the loop trains and evaluates on, cut from the two domains."""
+    train_x: np.ndarray            # labelled stream (source; target for target_only)
+    train_y: np.ndarray
+    target_x: np.ndarray           # unlabelled target stream
+    test_sets: dict                # {"source": (x, y), "target": (x, y)}
+    source_val: tuple | None       # held-out source (x, y), never trained on
+    selection_images: np.ndarray   # unlabelled target images for the entropy criterion
+    mean: np.ndarray               # per-channel training mean, subtracted from every input
+
+
+def prepare_inputs(config: config_lib.Config, source, target) -> Inputs:
+    train_x, train_y, source_val = _split_holdout(source.x_train, source.y_train, config.source_holdout)
+    if config.adaptation == "target_only":
+        # The paper's upper bound: the labelled stream is the target domain.
+        train_x, train_y = target.x_train, target.y_train
+    train_x, train_y = _trim(train_x, config.max_train_examples), _trim(train_y, config.max_train_examples)
+    target_x = _trim(target.x_train, config.max_train_examples)
+    n_test = config.max_test_examples
+    test_sets = {"source": (_trim(source.x_test, n_test), _trim(source.y_test, n_test)),
+                 "target": (_trim(target.x_test, n_test), _trim(target.y_test, n_test))}
+    return Inputs(train_x, train_y, target_x, test_sets, source_val,
+                  target_x[:config.selection_images], channel_mean(train_x, target_x))
+
+
 def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     """Trains (or resumes) until config.train_steps; returns the final evaluation.
     `domains` (source, target) may be passed in to skip loading (tests)."""
@@ -120,21 +147,12 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     # would meet the others' state broadcast there); the data cache is written atomically.
     source, target = domains or (load_domains(config) if elastic else
                                  backend.local_leader_first(lambda: load_domains(config)))
-    train_x, train_y, source_val = _split_holdout(source.x_train, source.y_train, config.source_holdout)
-    if config.adaptation == "target_only":
-        # The paper's upper bound: the labelled "source" stream is the target domain.
-        train_x, train_y = target.x_train, target.y_train
-    train_x, train_y = _trim(train_x, config.max_train_examples), _trim(train_y, config.max_train_examples)
-    target_x = _trim(target.x_train, config.max_train_examples)
-    test_sets = {
-        "source": (_trim(source.x_test, config.max_test_examples), _trim(source.y_test, config.max_test_examples)),
-        "target": (_trim(target.x_test, config.max_test_examples), _trim(target.y_test, config.max_test_examples)),
-    }
-    selection_images = target_x[:config.selection_images]
+    inputs = prepare_inputs(config, source, target)
+    train_x, train_y, target_x, mean = inputs.train_x, inputs.train_y, inputs.target_x, inputs.mean
+    test_sets, source_val, selection_images = inputs.test_sets, inputs.source_val, inputs.selection_images
     fingerprint = _fingerprint(train_x, train_y, target_x)
     if not elastic:
         backend.check_same_on_all_processes("training data", fingerprint)
-    mean = channel_mean(train_x, target_x)
     if backend.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
         # evaluate.py rebuilds the models and the preprocessing from this record.
