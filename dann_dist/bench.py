@@ -1,4 +1,4 @@
-"""Speed benchmark: the package's train step, evaluation and input pipeline, timed in
+r"""Speed benchmark: the package's train step, evaluation and input pipeline, timed in
 the same run as the origin script's eager train step and per-sample evaluation loop.
 
   python -m dann_dist.bench                                # float32, 128 pairs per step
@@ -22,6 +22,9 @@ alternating exposes both to the same load); rates are medians over rounds and ea
 is the median of the per-round ratios. Evaluation alternates the same way.
 Speed does not depend on pixel values, so no real data are needed.
 
+Every round also times one large matmul in the run's compute dtype (this run's own peak
+reference for achieved GFLOP/s) and records the cores the process kept busy during each
+job (its CPU time over wall time): on a shared machine that is what it actually got.
 FLOPs per step are counted analytically from the models' layers (see `analytic_flops`).
 Peak memory is the process's maximum resident set size (getrusage ru_maxrss), read once
 after our configurations ran and before the baseline's arrays exist, and once at the end.
@@ -212,21 +215,22 @@ class OriginBaseline:
         return disc_loss, disc_loss_, clas_loss
 
     def get_test_acc(self, n_test_image, n_test_label, m_test_image, m_test_label, loop_examples=None):
-        """The origin's evaluation. Returns (errors, forward seconds, loop seconds, samples
-        looped over); `loop_examples` < test size runs the loop over the first ones only."""
+        """The origin's evaluation. Returns (errors, (forward seconds, its CPU seconds),
+        (loop seconds, its CPU seconds), samples looped over); `loop_examples` < test size
+        runs the loop over the first ones only."""
         tf = self.tf
         n_err = m_err = disc_err = 0
         test_num = n_test_image.shape[0]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         n_test_features = self.extractor(n_test_image, training=False)
         m_test_features = self.extractor(m_test_image, training=False)
         n_test_outs = self.classifier(n_test_features)
         m_test_outs = self.classifier(m_test_features)
         n_test_disc_out = self.discriminator(n_test_features, training=False)
         m_test_disc_out = self.discriminator(m_test_features, training=False)
-        forward = time.perf_counter() - start
+        forward = (time.perf_counter() - start, time.process_time() - cpu)
         looped = min(loop_examples or test_num, test_num)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(looped):
             if n_test_label[i][tf.argmax(n_test_outs[i])] != 1:
                 n_err += 1
@@ -236,7 +240,7 @@ class OriginBaseline:
                 disc_err += 1
             if abs(m_test_disc_out[i] - 1) < abs(m_test_disc_out[i] - 0):
                 disc_err += 1
-        loop = time.perf_counter() - start
+        loop = (time.perf_counter() - start, time.process_time() - cpu)
         errors = (n_err / looped, m_err / looped, disc_err / (2 * looped))
         return errors, forward, loop, looped
 
@@ -314,6 +318,15 @@ def machine() -> dict:
     cores = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     return {"cpus": cores, "cpus_usable": usable, "cpu_model": model, "python": platform.python_version()}
+
+
+def _peak_gpu_mb(gpus) -> float | None:
+    """Peak bytes TensorFlow's allocator held on the first visible GPU (None without one)."""
+    if not gpus:
+        return None
+    import tensorflow as tf
+
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20
 
 
 def _loadavg() -> float | None:
@@ -507,8 +520,13 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
     keras.utils.set_random_seed(FLAGS.seed + rank)
     load_start = _loadavg()
     info = machine()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        info["gpus"] = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                        for g in gpus]
     say(f"machine: {info['cpus']} CPUs ({info['cpus_usable']} usable by this process), "
-        f"{info['cpu_model']}; TensorFlow {tf.__version__}, Keras {keras.__version__}", everyone=horovod)
+        f"{info['cpu_model']}" + (f"; GPUs: {', '.join(info['gpus'])}" if gpus else "")
+        + f"; TensorFlow {tf.__version__}, Keras {keras.__version__}", everyone=horovod)
     say(f"threads: intra_op={tf.config.threading.get_intra_op_parallelism_threads() or 'default'} "
         f"inter_op={tf.config.threading.get_inter_op_parallelism_threads() or 'default'} "
         f"data={FLAGS.data_threads or 'default'}; precision={FLAGS.precision}; "
@@ -552,6 +570,7 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
     backend.barrier()
     pipeline_batches_per_sec = first.pipeline_rate(FLAGS.pipeline_batches)
     peak_rss_ours = _peak_rss_mb()
+    peak_gpu_ours = _peak_gpu_mb(gpus)
 
     # --- the origin baseline (float32, eager) ------------------------------------------
     baseline = None
@@ -595,7 +614,8 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
             jobs.append(("origin_tf_function",
                          lambda: baseline_steps(FLAGS.steps, function_step)))
     jobs += [(name, lambda o=o: o.run_steps(FLAGS.steps)) for name, o in ours.items()]
-    peak_dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[FLAGS.precision]
+    peak_dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16",
+                  "mixed_float16": "float16"}[FLAGS.precision]
     if FLAGS.measure_peak:
         # Timed in every round too, so that achieved/peak compares like with like.
         jobs.append(("matmul", make_matmul_timer(peak_dtype, FLAGS.peak_matmul_size)))
@@ -612,16 +632,19 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
     base_rates = rates.pop("baseline", [])
     matmul_rates = rates.pop("matmul", [])
     function_rates = rates.pop("origin_tf_function", [])
-    eval_secs, base_eval = [], []
+    eval_secs, eval_cpu, base_eval, base_eval_cpu = [], [], [], []
     for round_index in range(FLAGS.eval_rounds):
         backend.barrier()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         first.evaluate(test_sets, mean, FLAGS.eval_batch_size)
         eval_secs.append(time.perf_counter() - start)
+        eval_cpu.append(time.process_time() - cpu)
         if baseline is not None:
             _, forward, loop, looped = baseline.get_test_acc(
                 *base_test, loop_examples=FLAGS.baseline_eval_loop_examples)
-            base_eval.append((forward, loop, looped))
+            # A loop over a subset is scaled to the whole test set (constant cost per sample).
+            base_eval.append((forward[0], loop[0], looped))
+            base_eval_cpu.append(forward[1] + loop[1] * n_test / looped)
     peak_rss_end = _peak_rss_mb()
     load_end = _loadavg()
 
@@ -656,6 +679,7 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
         }
     eval_seconds = _median(eval_secs)
     figures["eval"] = {"seconds": eval_seconds, "images": eval_images,
+                       "cpu_seconds": _median(eval_cpu),
                        "images_per_sec": eval_images / eval_seconds,
                        "seconds_rounds": eval_secs, "batch_size": FLAGS.eval_batch_size}
     first_rate = figures["train"][first.name]["steps_per_sec"]
@@ -668,6 +692,8 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
         "measured_with_config": first.name,
     }
     figures["memory"] = {"peak_rss_mb": peak_rss_ours, "peak_rss_mb_with_baseline": peak_rss_end}
+    if gpus:
+        figures["memory"].update(peak_gpu_mb=peak_gpu_ours, peak_gpu_mb_with_baseline=_peak_gpu_mb(gpus))
     figures["peak"] = {"dtype": peak_dtype, "measured_matmul_gflops": measured_peak,
                        "measured_matmul_gflops_rounds": matmul_rates,
                        "matmul_size": FLAGS.peak_matmul_size, "reference_gflops": reference_peak}
@@ -681,7 +707,8 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
     figures["ratios"] = {}
     if baseline is not None:
         base_sps = _median(base_rates)
-        base_flops = analytic_flops(ours["origin"].models if "origin" in ours else _origin_like(), FLAGS.batch_size)
+        origin_models = ours["origin"].models if "origin" in ours else _origin_like()
+        base_flops = analytic_flops(origin_models, FLAGS.batch_size)
         forward = _median([f for f, _, _ in base_eval])
         loop_full = _median([lp * n_test / n for _, lp, n in base_eval])
         base_eval_seconds = _median([f + lp * n_test / n for f, lp, n in base_eval])
@@ -694,6 +721,7 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
                 [r * 2 * FLAGS.batch_size / c for r, c in zip(base_rates, cores["baseline"])]),
             "gflops_per_sec": base_flops["train_step"] * base_sps / 1e9,
             "eval_seconds": base_eval_seconds,
+            "eval_cpu_seconds": _median(base_eval_cpu),
             "eval_forward_seconds": forward,
             "eval_loop_seconds": loop_full,
             "eval_loop_examples_timed": base_eval[0][2],
@@ -720,6 +748,17 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
         per_round = [(f + lp * n_test / n) / e for (f, lp, n), e in zip(base_eval, eval_secs)]
         figures["ratios"]["eval"] = _median(per_round)
         figures["ratios"]["eval_rounds"] = per_round
+        # The same comparisons per CPU-second: what each side achieves with the CPU time
+        # it actually got. On a shared machine the wall-clock ratios above depend on how
+        # the scheduler split the cores between a 1-thread Python loop and a multi-threaded
+        # graph; these do not. They are not the targets, only the load-independent view.
+        per_cpu = {}
+        for name in ours:
+            per_cpu[f"train_{name}"] = _median(
+                [(o / oc) / (b / bc) for o, oc, b, bc in
+                 zip(rates[name], cores[name], base_rates, cores["baseline"])])
+        per_cpu["eval"] = _median([b / e for b, e in zip(base_eval_cpu, eval_cpu)])
+        figures["ratios_per_cpu_second"] = per_cpu
 
     _print_process(say, figures, horovod)
     if horovod:
@@ -794,10 +833,16 @@ def _print_process(say, figures: dict, horovod: bool) -> None:
     m = figures["memory"]
     say(f"peak memory (max RSS): {m['peak_rss_mb']:.0f} MB after our configurations; "
         f"{m['peak_rss_mb_with_baseline']:.0f} MB with the baseline's arrays", everyone)
+    if "peak_gpu_mb" in m:
+        say(f"peak GPU memory (TensorFlow allocator, GPU:0): {m['peak_gpu_mb']:.0f} MB after our "
+            f"configurations; {m['peak_gpu_mb_with_baseline']:.0f} MB with the baseline", everyone)
     if figures["ratios"]:
         say("ratios vs the origin baseline (median of per-round ratios): " + ", ".join(
             f"{k} {v:.1f}x [" + ", ".join(f"{r:.1f}" for r in figures["ratios"][k + "_rounds"]) + "]"
             for k, v in figures["ratios"].items() if not k.endswith("_rounds")), everyone)
+        say("the same per CPU-second of this process (load-independent view, not the target): "
+            + ", ".join(f"{k} {v:.1f}x" for k, v in figures["ratios_per_cpu_second"].items()),
+            everyone)
 
 
 # Per-rank quantities gathered under Horovod: (key path, how ranks combine).
@@ -848,7 +893,8 @@ def _horovod_aggregate(backend, figures: dict, say) -> dict | None:
             "examples_per_sec": float(summed[col["examples_per_sec"]]),
             "gflops_per_sec": float(summed[col["gflops_per_sec"]]),
             "cpu_cores_used": float(summed[col["cpu_cores_used"]]),
-            "examples_per_cpu_second": float(summed[col["examples_per_sec"]] / summed[col["cpu_cores_used"]]),
+            "examples_per_cpu_second": float(summed[col["examples_per_sec"]]
+                                             / summed[col["cpu_cores_used"]]),
         }
     combine = {"sum": lambda c: float(summed[c]), "min": lambda c: float(table[:, c].min()),
                "max": lambda c: float(table[:, c].max())}

@@ -32,7 +32,8 @@ def _env():
 
 def _run(cmd, timeout=120):
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                                  f"stderr:\n{proc.stderr[-3000:]}")
     return proc.stdout
 
 
@@ -69,12 +70,13 @@ def test_bench_reports_every_figure_and_the_ratios():
     assert figures["train"]["origin"]["config"]["adversarial_loss"] == "flipped_labels"
     assert figures["train"]["paper"]["config"]["adversarial_loss"] == "grl"
 
-    for section, fields in (("eval", ("seconds", "images_per_sec")),
+    for section, fields in (("eval", ("seconds", "images_per_sec", "cpu_seconds")),
                             ("pipeline", ("batches_per_sec", "examples_per_sec", "headroom")),
                             ("memory", ("peak_rss_mb", "peak_rss_mb_with_baseline")),
                             ("peak", ("measured_matmul_gflops", "reference_gflops")),
                             ("baseline", ("steps_per_sec", "examples_per_sec", "gflops_per_sec",
-                                          "cpu_cores_used", "examples_per_cpu_second", "eval_seconds", "eval_forward_seconds",
+                                          "cpu_cores_used", "examples_per_cpu_second",
+                                          "eval_seconds", "eval_cpu_seconds", "eval_forward_seconds",
                                           "eval_loop_seconds", "eval_images_per_sec"))):
         for field in fields:
             _positive(figures[section][field], f"{section}.{field}")
@@ -83,6 +85,8 @@ def test_bench_reports_every_figure_and_the_ratios():
     for ratio in ("train_origin", "train_paper", "eval", "origin_tf_function"):
         _positive(figures["ratios"][ratio], f"ratios.{ratio}")
     _positive(figures["origin_tf_function"]["steps_per_sec"], "origin_tf_function.steps_per_sec")
+    for ratio in ("train_origin", "train_paper", "eval"):
+        _positive(figures["ratios_per_cpu_second"][ratio], f"ratios_per_cpu_second.{ratio}")
     assert len(figures["ratios"]["train_origin_rounds"]) == 2
     assert figures["machine"]["cpus"] >= 1 and figures["machine"]["cpu_model"]
 
