@@ -502,9 +502,12 @@ def main(argv: list[str]) -> None:
 def benchmark(np, tf, config_lib, distribute) -> dict | None:
     import keras
 
+    # auto resolves as in training: bfloat16 on CPUs that compute it natively.
+    precision, _ = distribute.resolve_precision(FLAGS.precision)
+
     scratch = tempfile.mkdtemp(prefix="dann_bench_")
     settings = dict(model_dir=scratch, batch_size=FLAGS.batch_size, strategy=FLAGS.strategy,
-                    precision=FLAGS.precision, jit_compile=FLAGS.jit_compile,
+                    precision=precision, jit_compile=FLAGS.jit_compile,
                     eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
     configs = {name: _config(name, settings) for name in FLAGS.configs}
     backend = distribute.make_backend(next(iter(configs.values())))
@@ -529,7 +532,7 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
         + f"; TensorFlow {tf.__version__}, Keras {keras.__version__}", everyone=horovod)
     say(f"threads: intra_op={tf.config.threading.get_intra_op_parallelism_threads() or 'default'} "
         f"inter_op={tf.config.threading.get_inter_op_parallelism_threads() or 'default'} "
-        f"data={FLAGS.data_threads or 'default'}; precision={FLAGS.precision}; "
+        f"data={FLAGS.data_threads or 'default'}; precision={precision}; "
         f"XLA={FLAGS.jit_compile}; steps per call={FLAGS.steps_per_call}")
     say(backend.describe(FLAGS.batch_size))
 
@@ -548,7 +551,7 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
     mean = channel_mean(source_x[:2000], target_x[:2000])
 
     # --- ours: build, warm up, pipeline alone, evaluation warm-up --------------------
-    keras.mixed_precision.set_global_policy(FLAGS.precision)
+    keras.mixed_precision.set_global_policy(precision)
     ours, failed = {}, {}
     for name, config in configs.items():
         try:
@@ -559,7 +562,7 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
             # A configuration the package cannot run in this setting (same on every rank):
             # reported, and the others are still timed.
             failed[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
-            say(f"train [{name}]: FAILED under precision={FLAGS.precision} "
+            say(f"train [{name}]: FAILED under precision={precision} "
                 f"XLA={FLAGS.jit_compile}: {failed[name]}", everyone=horovod)
             continue
         ours[name] = candidate
@@ -615,7 +618,7 @@ def benchmark(np, tf, config_lib, distribute) -> dict | None:
                          lambda: baseline_steps(FLAGS.steps, function_step)))
     jobs += [(name, lambda o=o: o.run_steps(FLAGS.steps)) for name, o in ours.items()]
     peak_dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16",
-                  "mixed_float16": "float16"}[FLAGS.precision]
+                  "mixed_float16": "float16"}[precision]
     if FLAGS.measure_peak:
         # Timed in every round too, so that achieved/peak compares like with like.
         jobs.append(("matmul", make_matmul_timer(peak_dtype, FLAGS.peak_matmul_size)))

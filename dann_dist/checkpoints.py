@@ -7,13 +7,13 @@ checkpoint that exists but cannot be read is reported and the previous one resto
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from dann_dist import atomic
 from dann_dist.models import DannModels
 
 
@@ -72,10 +72,5 @@ def export(models: DannModels, mean: np.ndarray, directory: str) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     module = ExportModule(models, mean)
     tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-    old = directory + ".old"
-    if os.path.exists(directory):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic.replace_directory(tmp, directory)
     return directory

@@ -19,7 +19,7 @@ HEADS = ("paper", "bn")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("annealed", "constant")
 LR_SCALINGS = ("none", "linear")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "horovod", "mirrored", "multi_worker", "single")
 
 
@@ -83,8 +83,9 @@ class Config:
     seed: int = _field(0, "Seed of weights, shuffles and dropout.")
     strategy: str = _field("auto", "auto: horovod if launched by horovodrun/mpirun, mirrored if "
                            "several GPUs are visible, else single.", STRATEGIES)
-    precision: str = _field("float32", "mixed_bfloat16 (CPU/TPU/Ampere+), mixed_float16 (GPU, "
-                            "with dynamic loss scaling).", PRECISIONS)
+    precision: str = _field("auto", "auto: mixed_bfloat16 on a CPU with native bfloat16 "
+                            "(avx512_bf16/amx), else float32; mixed_bfloat16 (CPU/TPU/Ampere+); "
+                            "mixed_float16 (GPU, with dynamic loss scaling).", PRECISIONS)
     jit_compile: bool = _field(False, "Compile the train step with XLA.")
     deterministic: bool = _field(False, "tf.config.experimental.enable_op_determinism(): "
                                  "bit-identical reruns and resumes, slower.")

@@ -27,12 +27,17 @@ def reverse_gradient(x, lam):
 
 
 def feature_extractor() -> keras.Model:
+    # The paper's conv -> ReLU -> max-pool, computed as conv -> max-pool -> ReLU: the same
+    # function and gradients (ReLU is monotone, so it commutes with max), with ReLU and its
+    # gradient on a quarter of the values; 2-3% faster per step on CPU (BENCHMARKS.md).
     return keras.Sequential([
         keras.Input(IMAGE_SHAPE),
-        layers.Conv2D(32, 5, activation="relu"),
+        layers.Conv2D(32, 5),
         layers.MaxPool2D(2, 2),
-        layers.Conv2D(48, 5, activation="relu"),
+        layers.ReLU(),
+        layers.Conv2D(48, 5),
         layers.MaxPool2D(2, 2),
+        layers.ReLU(),
         layers.Flatten(),
     ], name="feature_extractor")
 

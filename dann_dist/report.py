@@ -47,7 +47,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from dann_dist import cli, selection
+from dann_dist import atomic, cli, selection
 
 FLAGS = flags.FLAGS
 
@@ -590,10 +590,7 @@ def markdown(report: dict) -> str:
 
 
 def _write_atomic(path: str, data: bytes | str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic.write_file(path, data)
 
 
 def write_tensorboard(directory: str, images: dict[str, bytes], text: str) -> None:
@@ -608,12 +605,7 @@ def write_tensorboard(directory: str, images: dict[str, bytes], text: str) -> No
             tf.summary.image(name, tf.image.decode_png(png, channels=4)[None], step=0)
         tf.summary.text("report", text, step=0)
     writer.close()
-    old = directory + ".old"
-    if os.path.exists(directory):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic.replace_directory(tmp, directory)
 
 
 # --------------------------------------------------------------------------- the report

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dann_dist import checkpoints, config as config_lib, distribute, step as step_lib
+from dann_dist import atomic, checkpoints, config as config_lib, distribute, step as step_lib
 from dann_dist.data import sample_grid
 from dann_dist.data.pipeline import channel_mean, train_dataset
 from dann_dist.evaluation import make_evaluator
@@ -135,10 +135,14 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
+    precision, precision_reason = distribute.resolve_precision(config.precision)
+    # Resolved once, so run.json, the step and every rank see the same policy.
+    config = dataclasses.replace(config, precision=precision)
     keras.mixed_precision.set_global_policy(config.precision)
-    per_replica = backend.per_replica_batch(config.batch_size)
+    backend.per_replica_batch(config.batch_size)  # fails early if the batch does not split
     if backend.is_chief:
         logging.info("%s", backend.describe(config.batch_size))
+        logging.info("precision %s (%s)", precision, precision_reason)
         if config.lr_scaling != "none":
             logging.info("learning rate %g scaled %s to %g for global batch %d", config.learning_rate,
                          config.lr_scaling, config.effective_learning_rate, config.batch_size)
@@ -150,9 +154,10 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     inputs = prepare_inputs(config, source, target)
     train_x, train_y, target_x, mean = inputs.train_x, inputs.train_y, inputs.target_x, inputs.mean
     test_sets, source_val, selection_images = inputs.test_sets, inputs.source_val, inputs.selection_images
-    fingerprint = _fingerprint(train_x, train_y, target_x)
+    # Precision is in it because --precision=auto follows each host's CPU.
+    fingerprint = f"data {_fingerprint(train_x, train_y, target_x)}, precision {config.precision}"
     if not elastic:
-        backend.check_same_on_all_processes("training data", fingerprint)
+        backend.check_same_on_all_processes("training data and precision", fingerprint)
     if backend.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
         # evaluate.py rebuilds the models and the preprocessing from this record.
@@ -211,7 +216,7 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         nonlocal manager, summaries
         step = int(state.step.numpy())
         if elastic:
-            backend.check_same_on_all_processes("training data", fingerprint)
+            backend.check_same_on_all_processes("training data and precision", fingerprint)
             # The chief may have changed: only it writes summaries and checkpoints.
             if summaries.enabled != backend.is_chief:
                 summaries.flush()
@@ -314,10 +319,7 @@ def _window_metrics(sums: np.ndarray, steps: int, batch_size: int) -> dict:
 
 
 def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic.write_file(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def _fmt(metrics: dict) -> str:

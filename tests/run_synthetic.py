@@ -46,4 +46,6 @@ if __name__ == "__main__":
     # The synthetic domains are small: hold out and score a fraction of them only.
     flags.FLAGS.set_default("source_holdout", 32)
     flags.FLAGS.set_default("selection_images", 64)
+    # Machine-independent numerics (auto follows the CPU); tests may still pass --precision.
+    flags.FLAGS.set_default("precision", "float32")
     app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -77,7 +77,7 @@ def test_ranks_with_different_data_stop_with_an_error_naming_it(tmp_path):
     proc = run(horovodrun(2, synthetic(tmp_path, "--strategy=horovod", "--data_seed_per_rank")),
                check=False)
     assert proc.returncode != 0
-    assert "training data differs between ranks" in proc.stdout + proc.stderr
+    assert "training data and precision differs between ranks" in proc.stdout + proc.stderr
     assert time.time() - started < 90
     assert not (tmp_path / "checkpoint").exists()
 

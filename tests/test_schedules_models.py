@@ -46,6 +46,27 @@ def test_paper_architecture_shapes_and_sizes():
     assert models.discriminator.count_params() == (768 * 100 + 100) + (100 + 1)
 
 
+def test_extractor_is_the_papers_conv_relu_pool_in_value_and_gradient():
+    # The extractor pools before its ReLU (faster); it must equal conv -> ReLU -> pool.
+    extractor = build_models().extractor
+    x = tf.random.stateless_normal([4, 28, 28, 3], seed=[1, 2])
+    w1, b1, w2, b2 = extractor.trainable_variables
+
+    def reference(x):
+        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(x, w1, 1, "VALID") + b1), 2, 2, "VALID")
+        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(h, w2, 1, "VALID") + b2), 2, 2, "VALID")
+        return tf.reshape(h, [4, -1])
+
+    with tf.GradientTape(persistent=True) as tape:
+        ours, ref = extractor(x), reference(x)
+        ours_loss, ref_loss = tf.reduce_sum(ours ** 2), tf.reduce_sum(ref ** 2)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+    assert np.count_nonzero(ref.numpy()) > 0
+    for g_ours, g_ref in zip(tape.gradient(ours_loss, extractor.trainable_variables),
+                             tape.gradient(ref_loss, extractor.trainable_variables)):
+        np.testing.assert_allclose(g_ours.numpy(), g_ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_bn_heads_are_the_origin_scripts():
     models = build_models("bn", "bn")
     dense = [layer.units for layer in models.discriminator.layers if hasattr(layer, "units")]

@@ -150,3 +150,34 @@ def test_loss_scale_halves_on_overflow_and_grows_after_a_finite_run():
     assert float(state.loss_scale) == 8.0 and int(state.good_steps) == 0
     step_lib.update_loss_scale(state, tf.constant(True))
     assert float(state.loss_scale) == 8.0 and int(state.good_steps) == 1
+
+
+def _cpuinfo(tmp_path, flag_line):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: {flag_line}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("flag_line, expected", [
+    ("fpu sse2 avx2 avx512f avx512_bf16", "mixed_bfloat16"),
+    ("fpu sse2 avx2 amx_bf16 amx_tile", "mixed_bfloat16"),
+    ("fpu sse2 avx2 avx512f avx512bw", "float32"),
+])
+def test_auto_precision_picks_bfloat16_only_on_cpus_that_compute_it(tmp_path, flag_line, expected):
+    from dann_dist import distribute
+
+    path = _cpuinfo(tmp_path, flag_line)
+    assert distribute.resolve_precision("auto", path)[0] == expected
+    # An explicit choice is never overridden.
+    assert distribute.resolve_precision("float32", path)[0] == "float32"
+    assert distribute.resolve_precision("auto", str(tmp_path / "missing"))[0] == "float32"
+
+
+def test_auto_precision_is_resolved_and_recorded(tmp_path, domains):
+    from dann_dist import distribute
+    import keras
+
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=2, precision="auto"), domains=domains)
+    keras.mixed_precision.set_global_policy("float32")
+    recorded = json.loads((tmp_path / "run.json").read_text())["config"]["precision"]
+    assert recorded == distribute.resolve_precision("auto")[0] != "auto"
