@@ -47,16 +47,16 @@ def load_run(model_dir: str) -> tuple[Config, np.ndarray]:
     return config, np.asarray(record["channel_mean"], np.float32)
 
 
-def evaluate_run(model_dir: str, checkpoint: str = "", eval_batch_size: int = 1000,
-                 max_test_examples: int = 0, data_overrides: dict | None = None, domains=None) -> dict:
-    from dann_dist import checkpoints, step as step_lib
-    from dann_dist.evaluation import make_evaluator
-    from dann_dist.models import build_models
-    from dann_dist.trainer import load_domains
+def restore_run(model_dir: str, checkpoint: str = ""):
+    """Rebuilds a run's models in the precision it trained with and restores a checkpoint
+    (default: the newest readable one). Returns (config, channel mean, state, path)."""
+    from dann_dist import checkpoints, distribute, step as step_lib
+    from dann_dist.models import build_models, precision_policy
 
     config, mean = load_run(model_dir)
-    config = dataclasses.replace(config, **(data_overrides or {}))
-    models = build_models(config.classifier_head, config.discriminator_head)
+    # Runs recorded before precision was resolved at start may say "auto".
+    with precision_policy(distribute.resolve_precision(config.precision)[0]):
+        models = build_models(config.classifier_head, config.discriminator_head)
     state = step_lib.create_state(models, config)
     manager = checkpoints.make_manager(state.trackables(), model_dir, keep=config.keep_checkpoints)
     if checkpoint:
@@ -66,12 +66,24 @@ def evaluate_run(model_dir: str, checkpoint: str = "", eval_batch_size: int = 10
         path = checkpoints.restore_latest(manager)
         if path is None:
             raise FileNotFoundError(f"no checkpoint in {model_dir}: train first.")
+    return config, mean, state, path
+
+
+def evaluate_run(model_dir: str, checkpoint: str = "", eval_batch_size: int = 1000,
+                 max_test_examples: int = 0, data_overrides: dict | None = None, domains=None) -> dict:
+    from dann_dist import step as step_lib
+    from dann_dist.evaluation import make_evaluator
+    from dann_dist.trainer import load_domains
+
+    config, mean, state, path = restore_run(model_dir, checkpoint)
+    config = dataclasses.replace(config, **(data_overrides or {}))
     source, target = domains or load_domains(config)
     n = max_test_examples or None
     test_sets = {"source": (source.x_test[:n], source.y_test[:n]),
                  "target": (target.x_test[:n], target.y_test[:n])}
+    # The weights the trainer evaluated and exported (the moving average, if any).
     with step_lib.evaluation_weights(state):
-        metrics = make_evaluator(models)(test_sets, mean, eval_batch_size)
+        metrics = make_evaluator(state.models)(test_sets, mean, eval_batch_size)
     metrics.update(step=int(state.step.numpy()), checkpoint=path)
     return metrics
 

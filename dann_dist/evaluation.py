@@ -8,16 +8,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from dann_dist.data.pipeline import eval_dataset
+from dann_dist.data.pipeline import eval_dataset, to_model_input
 from dann_dist.models import DannModels
 
 SOURCE, TARGET = 0.0, 1.0
 
 
 def make_evaluator(models: DannModels):
-    @tf.function
-    def batch_sums(images, labels, domain_label):
-        features = models.extractor(images, training=False)
+    def batch_sums(images, labels, domain_label, mean):
+        features = models.extractor(to_model_input(images, mean), training=False)
         logits = tf.cast(models.classifier(features, training=False), tf.float32)
         loss = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32)
@@ -28,10 +27,23 @@ def make_evaluator(models: DannModels):
         return tf.stack([tf.reduce_sum(loss), tf.reduce_sum(correct), tf.reduce_sum(domain_correct),
                          tf.reduce_sum(entropy)])
 
+    # One graph per channel count (gray source, RGB target), any batch size: the
+    # preprocessing needs the static channel count to know whether to expand gray to RGB.
+    graphs = {}
+
+    def sums_for(channels: int):
+        if channels not in graphs:
+            graphs[channels] = tf.function(batch_sums, input_signature=[
+                tf.TensorSpec([None, 28, 28, channels], tf.uint8), tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([], tf.float32), tf.TensorSpec([3], tf.float32)])
+        return graphs[channels]
+
     def totals(images, labels, domain_label, mean, batch_size):
+        sums = sums_for(images.shape[-1])
+        mean = tf.constant(mean, tf.float32)
         out = np.zeros(4)
-        for x, y in eval_dataset(images, labels, mean=mean, batch_size=batch_size):
-            out += batch_sums(x, y, tf.constant(domain_label)).numpy()
+        for x, y in eval_dataset(images, labels, batch_size=batch_size):
+            out += sums(x, y, tf.constant(domain_label), mean).numpy()
         return out / len(images)
 
     def evaluate(test_sets: dict, mean, batch_size: int, source_val=None, target_unlabelled=None) -> dict:

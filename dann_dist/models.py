@@ -7,6 +7,7 @@ softmax/sigmoid live in the losses (numerically stable) and in the export.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import keras
@@ -76,6 +77,18 @@ class DannModels:
     @property
     def groups(self) -> tuple[keras.Model, keras.Model, keras.Model]:
         return (self.extractor, self.classifier, self.discriminator)
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Within the block, Keras builds layers that compute in `name` (e.g. the precision a
+    run trained with, so that re-evaluating it reproduces its metrics); restored after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def build_models(classifier_head: str = "paper", discriminator_head: str = "paper",

@@ -304,24 +304,23 @@ def table(runs: dict) -> dict:
 
 
 def extract_features(model_dir: str, image_sets: dict, batch_size: int = 500) -> tuple[dict, int]:
-    """Restores the newest checkpoint of a run (as dann_dist.evaluate does) and returns
-    ({name: extractor features [n, d]} for each uint8 image set, the checkpoint's step)."""
-    from dann_dist import checkpoints, step as step_lib
+    """Restores the newest checkpoint of a run as dann_dist.evaluate does (its precision,
+    and the averaged weights it evaluated and exported) and returns ({name: extractor
+    features [n, d]} for each uint8 image set, the checkpoint's step)."""
+    from dann_dist import step as step_lib
     from dann_dist.data.pipeline import to_model_input
-    from dann_dist.evaluate import load_run
-    from dann_dist.models import build_models
+    from dann_dist.evaluate import restore_run
 
-    config, mean = load_run(model_dir)
-    models = build_models(config.classifier_head, config.discriminator_head)
-    state = step_lib.create_state(models, config)
-    manager = checkpoints.make_manager(state.trackables(), model_dir, keep=config.keep_checkpoints)
-    if checkpoints.restore_latest(manager) is None:
-        raise ReportError(f"no checkpoint in {model_dir}")
+    try:
+        _, mean, state, _ = restore_run(model_dir)
+    except FileNotFoundError as err:
+        raise ReportError(str(err)) from err
     features = {}
-    for name, images in image_sets.items():
-        chunks = [models.extractor(to_model_input(images[i:i + batch_size], mean), training=False)
-                  for i in range(0, len(images), batch_size)]
-        features[name] = np.concatenate([np.asarray(c, np.float32) for c in chunks])
+    with step_lib.evaluation_weights(state):
+        for name, images in image_sets.items():
+            chunks = [state.models.extractor(to_model_input(images[i:i + batch_size], mean), training=False)
+                      for i in range(0, len(images), batch_size)]
+            features[name] = np.concatenate([np.asarray(c, np.float32) for c in chunks])
     return features, int(state.step.numpy())
 
 
@@ -445,8 +444,8 @@ def _data_config(config: dict) -> dict:
 
 RECIPE_KEYS = ("train_steps", "batch_size", "optimizer", "learning_rate", "momentum",
                "lr_schedule", "gamma", "adversarial_loss", "classifier_head",
-               "discriminator_head", "eval_every", "source_holdout", "selection_images",
-               "max_train_examples", "max_test_examples")
+               "discriminator_head", "ema_momentum", "precision", "eval_every",
+               "source_holdout", "selection_images", "max_train_examples", "max_test_examples")
 PER_RUN_KEYS = ("model_dir", "adaptation", "seed")
 
 
@@ -547,7 +546,8 @@ def markdown(report: dict) -> str:
     if pad and pad["by_adaptation"]:
         sizes = pad["examples_per_domain"]
         lines += [
-            f"Features of the extractor (final checkpoint of each seed) on {sizes['source']} source "
+            f"Features of the extractor (final checkpoint of each seed, the weights it evaluates and "
+            f"exports) on {sizes['source']} source "
             f"and {sizes['target']} target test images (images only, no labels); an L2-regularised "
             "logistic regression on standardised features learns to tell the domains apart on "
             "half of them, its balanced error `err` on the other half gives PAD = 2 (1 - 2 err) "

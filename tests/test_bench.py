@@ -154,3 +154,17 @@ def test_importing_the_bench_defines_no_flags():
     import dann_dist.bench  # noqa: F401
 
     assert "baseline_eval_loop_examples" not in flags.FLAGS
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_step_breakdown_times_every_part(precision):
+    stdout = _run([sys.executable, "benchmarks/step_breakdown.py", f"--precision={precision}",
+                   "--batch_size=4", "--calls=1"])
+    lines = [line for line in stdout.splitlines() if line.rstrip().endswith(("ms", "GFLOP/s"))]
+    names = ("whole step", "forward + all gradients", "optimizer updates", "extractor",
+             "conv1 3->32", "conv1 1->32", "conv2 32->48")
+    for name in names:
+        line = next((l for l in lines if name in l), None)
+        assert line is not None, f"{name} missing:\n{stdout}"
+        milliseconds = float(line.split(" ms")[0].split()[-1])
+        assert milliseconds > 0 and math.isfinite(milliseconds)

@@ -181,3 +181,22 @@ def test_auto_precision_is_resolved_and_recorded(tmp_path, domains):
     keras.mixed_precision.set_global_policy("float32")
     recorded = json.loads((tmp_path / "run.json").read_text())["config"]["precision"]
     assert recorded == distribute.resolve_precision("auto")[0] != "auto"
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_evaluate_command_reproduces_the_trainers_final_metrics(tmp_path, domains, precision):
+    # Rebuilt in the run's precision with the averaged weights, a re-evaluation must give
+    # what the trainer reported, whatever policy the calling process has.
+    from dann_dist import evaluate
+    import keras
+
+    config = tiny_config(tmp_path, train_steps=8, ema_momentum=0.9, precision=precision)
+    final = trainer.train_and_evaluate(config, domains=domains)
+    keras.mixed_precision.set_global_policy("float32")
+    again = evaluate.evaluate_run(str(tmp_path), domains=domains, eval_batch_size=config.eval_batch_size)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert again["step"] == 8
+    for name in ("source_accuracy", "target_accuracy", "domain_accuracy"):
+        assert again[name] == final[name], name
+    for name in ("source_loss", "target_loss"):
+        assert again[name] == pytest.approx(final[name], rel=1e-6), name
