@@ -589,10 +589,6 @@ def markdown(report: dict) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_atomic(path: str, data: bytes | str) -> None:
-    atomic.write_file(path, data)
-
-
 def write_tensorboard(directory: str, images: dict[str, bytes], text: str) -> None:
     """PNG images and the report as TensorBoard summaries, written beside and swapped in."""
     import tensorflow as tf
@@ -726,14 +722,14 @@ def make_report(options: ReportOptions, domains=None) -> dict:
     if note:
         report["proxy_a_distance_note"] = note
     text = markdown(report)
-    _write_atomic(os.path.join(options.report_dir, FILES["curves"]), curves)
+    atomic.write_file(os.path.join(options.report_dir, FILES["curves"]), curves)
     if features_png is not None:
-        _write_atomic(os.path.join(options.report_dir, FILES["features"]), features_png)
+        atomic.write_file(os.path.join(options.report_dir, FILES["features"]), features_png)
         write_tensorboard(os.path.join(options.report_dir, FILES["tensorboard"]),
                           {"features_pca": features_png, "curves": curves}, text)
-    _write_atomic(os.path.join(options.report_dir, FILES["json"]),
+    atomic.write_file(os.path.join(options.report_dir, FILES["json"]),
                   json.dumps(report, indent=2, sort_keys=True) + "\n")
-    _write_atomic(os.path.join(options.report_dir, FILES["markdown"]), text)
+    atomic.write_file(os.path.join(options.report_dir, FILES["markdown"]), text)
     return report
 
 
