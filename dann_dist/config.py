@@ -78,6 +78,12 @@ class Config:
                                  "accuracy without looking at target labels.")
     gamma: float = _field(10.0, "gamma of the adaptation factor lambda_p = 2/(1+exp(-gamma p)) - 1.")
     lambda_max: float = _field(1.0, "Upper value of lambda_p (the paper uses 1).")
+    domain_loss_weight: float = _field(1.0, "Weight of the domain loss, a mean over the "
+                                       "2 * batch_size images of both domains, against the "
+                                       "label loss, a mean over batch_size source images. "
+                                       "2 is the paper's eq. 10 taken literally (the source "
+                                       "mean plus the target mean); it trained worse here "
+                                       "(results/ablation.md).")
 
     # Run mechanics.
     seed: int = _field(0, "Seed of weights, shuffles and dropout.")
@@ -161,8 +167,9 @@ def validate(config: Config) -> Config:
                  "selection_images"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be >= 0.")
-    if config.learning_rate <= 0:
-        raise ConfigError(f"--learning_rate={config.learning_rate}: must be > 0.")
+    for name in ("learning_rate", "domain_loss_weight"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name}={getattr(config, name)}: must be > 0.")
     for name in ("momentum", "ema_momentum"):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be in [0, 1).")

@@ -443,8 +443,8 @@ def _data_config(config: dict) -> dict:
 
 
 RECIPE_KEYS = ("train_steps", "batch_size", "optimizer", "learning_rate", "momentum",
-               "lr_schedule", "gamma", "adversarial_loss", "classifier_head",
-               "discriminator_head", "ema_momentum", "precision", "eval_every",
+               "lr_schedule", "gamma", "lambda_max", "domain_loss_weight", "adversarial_loss",
+               "classifier_head", "discriminator_head", "ema_momentum", "precision", "eval_every",
                "source_holdout", "selection_images", "max_train_examples", "max_test_examples")
 PER_RUN_KEYS = ("model_dir", "adaptation", "seed")
 

@@ -142,10 +142,13 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
             disc_input = features if flipped else reverse_gradient(features, lam)
             domain_logits = discriminator(disc_input, training=True)
             domain_loss_sum = tf.reduce_sum(domain_xent(domain_labels, domain_logits))
-            domain_loss = domain_loss_sum / (2 * global_batch)
+            # A mean over both domains' 2 * global_batch images. The paper's eq. 10 adds the
+            # source mean to the target mean instead, i.e. domain_loss_weight=2.
+            domain_weight = config.domain_loss_weight / (2 * global_batch)
+            domain_loss = domain_loss_sum * domain_weight
             # Scaled inside the tape (scale is 1 unless mixed_float16), unscaled below.
             if flipped:
-                fooled_loss = tf.reduce_sum(domain_xent(1.0 - domain_labels, domain_logits)) / (2 * global_batch)
+                fooled_loss = tf.reduce_sum(domain_xent(1.0 - domain_labels, domain_logits)) * domain_weight
                 scaled_losses = [(label_loss + lam * fooled_loss) * scale, label_loss * scale,
                                  domain_loss * scale]
             else:

@@ -110,6 +110,7 @@ def test_nan_loss_exits_3_with_the_step(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--strategy=bogus"], "strategy"),
     (["--train_steps=-5"], "--train_steps=-5"),
+    (["--domain_loss_weight=0"], "--domain_loss_weight=0.0: must be > 0"),
     (["--flagfile=/nonexistent/x.cfg"], "x.cfg"),
     (["--model_dir={tmp}/a_file/run"], "is not a directory"),
     (["--mnist_path=/nonexistent/mnist.npz"], "no such file"),

@@ -67,6 +67,42 @@ def test_extractor_is_the_papers_conv_relu_pool_in_value_and_gradient():
         np.testing.assert_allclose(g_ours.numpy(), g_ref.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("weight", [1.0, 2.0])
+def test_step_gradients_are_the_papers_objective(tmp_path, weight):
+    # JMLR 2016 eq. 10: E = mean_source L_y - lambda * (mean_source L_d + mean_target L_d),
+    # lambda on the extractor only; the discriminator descends the domain term. Weight 2 is
+    # that sum of the two means; weight 1 (the default) their average.
+    from synthetic import tiny_config
+
+    from dann_dist.step import make_compute_gradients
+
+    models, n, lam = build_models(), 4, 0.7
+    source = tf.random.stateless_normal([n, 28, 28, 3], seed=[3, 4])
+    target = tf.random.stateless_normal([n, 28, 28, 3], seed=[5, 6])
+    labels = tf.constant([1, 7, 3, 3])
+    compute = make_compute_gradients(models, tiny_config(tmp_path, domain_loss_weight=weight),
+                                     global_batch=n)
+    grads, _ = compute({"source_images": source, "source_labels": labels, "target_images": target},
+                       tf.constant(lam), tf.constant(0, tf.int64), tf.constant(1.0))
+
+    extractor, classifier, discriminator = models.groups
+    with tf.GradientTape(persistent=True) as tape:
+        features = extractor(tf.concat([source, target], 0))
+        label_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, classifier(features[:n])))
+        logits = discriminator(features)
+        domain_loss = sum(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+            tf.fill([n, 1], d), logits[i * n:(i + 1) * n])) for i, d in enumerate((0.0, 1.0)))
+        domain_loss *= weight / 2
+        extractor_objective = label_loss - lam * domain_loss
+    expected = (tape.gradient(extractor_objective, extractor.trainable_variables)
+                + tape.gradient(label_loss, classifier.trainable_variables)
+                + tape.gradient(domain_loss, discriminator.trainable_variables))
+    assert len(grads) == len(expected)
+    for ours, ref in zip(grads, expected):
+        np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_bn_heads_are_the_origin_scripts():
     models = build_models("bn", "bn")
     dense = [layer.units for layer in models.discriminator.layers if hasattr(layer, "units")]
