@@ -1,4 +1,4 @@
-"""The paper's schedules and the gradient reversal layer."""
+"""The paper's schedules, the gradient reversal layer, the architecture and the objective."""
 
 import math
 
@@ -8,6 +8,8 @@ import tensorflow as tf
 
 from dann_dist import schedules
 from dann_dist.models import build_models, reverse_gradient
+from dann_dist.step import make_compute_gradients
+from synthetic import tiny_config
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
@@ -72,10 +74,6 @@ def test_step_gradients_are_the_papers_objective(tmp_path, weight):
     # JMLR 2016 eq. 10: E = mean_source L_y - lambda * (mean_source L_d + mean_target L_d),
     # lambda on the extractor only; the discriminator descends the domain term. Weight 2 is
     # that sum of the two means; weight 1 (the default) their average.
-    from synthetic import tiny_config
-
-    from dann_dist.step import make_compute_gradients
-
     models, n, lam = build_models(), 4, 0.7
     source = tf.random.stateless_normal([n, 28, 28, 3], seed=[3, 4])
     target = tf.random.stateless_normal([n, 28, 28, 3], seed=[5, 6])
