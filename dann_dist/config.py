@@ -8,6 +8,7 @@ by `dann_dist.data.define_flags`). Defaults are the paper's MNIST -> MNIST-M rec
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -18,7 +19,8 @@ ADVERSARIAL_LOSSES = ("grl", "flipped_labels")
 HEADS = ("paper", "bn")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("annealed", "constant")
-LR_SCALINGS = ("none", "linear")
+LR_SCALINGS = ("none", "linear", "sqrt")
+EMA_SCALINGS = ("none", "batch")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "horovod", "mirrored", "multi_worker", "single")
 
@@ -59,7 +61,12 @@ class Config:
                                   "(tf.distribute backends; Horovod keeps per-rank statistics).")
 
     # Optimisation (paper: SGD momentum 0.9, mu_p = mu_0 / (1 + alpha p)^beta).
-    train_steps: int = _field(12000, "Total optimisation steps; p = step / train_steps.")
+    train_steps: int = _field(12000, "Total optimisation steps; p = step / train_steps. "
+                              "Set by --train_pairs instead when that is given.")
+    train_pairs: int = _field(0, "Training budget in examples per domain (source/target pairs "
+                              "seen): train_steps = ceil(train_pairs / batch_size), so one "
+                              "flagfile trains the same recipe on 1 or 64 devices. 0: use "
+                              "--train_steps. Giving both is an error.")
     batch_size: int = _field(64, "GLOBAL batch per domain: each step sees batch_size source and "
                              "batch_size target images, split evenly over all replicas.")
     optimizer: str = _field("sgd", "Optimizer of all three models.", OPTIMIZERS)
@@ -69,13 +76,22 @@ class Config:
                               "constant: mu_0.", LR_SCHEDULES)
     lr_alpha: float = _field(10.0, "alpha of the annealed learning rate.")
     lr_beta: float = _field(0.75, "beta of the annealed learning rate.")
-    lr_scaling: str = _field("none", "How mu_0 follows the global batch: none, or linear "
-                             "(mu_0 * batch_size / lr_base_batch).", LR_SCALINGS)
-    lr_base_batch: int = _field(64, "Reference batch for --lr_scaling=linear.")
+    lr_scaling: str = _field("none", "How mu_0 follows the global batch: none, linear "
+                             "(mu_0 * batch_size / lr_base_batch) or sqrt "
+                             "(mu_0 * sqrt(batch_size / lr_base_batch)).", LR_SCALINGS)
+    lr_base_batch: int = _field(64, "Reference batch for --lr_scaling.")
+    warmup_fraction: float = _field(0.0, "Linear learning-rate warm-up from 0 over this "
+                                    "fraction of the run (a fraction, so that it covers the "
+                                    "same number of examples at every batch size); the "
+                                    "schedule (annealed or constant) multiplies it.")
     ema_momentum: float = _field(0.0, "Evaluate and export an exponential moving average of the "
                                  "weights (Polyak averaging) with this momentum, e.g. 0.999; 0: "
                                  "the raw weights. Smooths DANN's step-to-step swings in target "
                                  "accuracy without looking at target labels.")
+    ema_scaling: str = _field("none", "none: --ema_momentum per step as given; batch: "
+                              "ema_momentum ** (batch_size / lr_base_batch), so that the average "
+                              "spans the same number of examples at every global batch (0.999 "
+                              "at 64 is 0.984 at 1024).", EMA_SCALINGS)
     gamma: float = _field(10.0, "gamma of the adaptation factor lambda_p = 2/(1+exp(-gamma p)) - 1.")
     lambda_max: float = _field(1.0, "Upper value of lambda_p (the paper uses 1).")
     domain_loss_weight: float = _field(1.0, "Weight of the domain loss, a mean over the "
@@ -119,9 +135,19 @@ class Config:
 
     @property
     def effective_learning_rate(self) -> float:
-        if self.lr_scaling == "linear":
-            return self.learning_rate * self.batch_size / self.lr_base_batch
-        return self.learning_rate
+        ratio = self.batch_size / self.lr_base_batch
+        scale = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
+        return self.learning_rate * scale
+
+    @property
+    def effective_ema_momentum(self) -> float:
+        if self.ema_scaling == "batch":
+            return self.ema_momentum ** (self.batch_size / self.lr_base_batch)
+        return self.ema_momentum
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup_fraction * self.train_steps))
 
 
 _DATA_FLAGS = ("data_dir", "mnist_path", "mnist_download", "mnistm_path", "bsds_path", "mnistm_seed")
@@ -153,7 +179,20 @@ def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
     for field in dataclasses.fields(Config):
         value = flag_values[field.name].value
         values[field.name] = "" if value is None and field.type == "str" else value
+    pairs = values["train_pairs"]
+    if pairs and flag_values["train_steps"].present:
+        raise ConfigError(
+            f"--train_steps={values['train_steps']} and --train_pairs={pairs} both set the "
+            "length of the run (on the command line or in a flagfile): give one. To count in "
+            "steps with a flagfile that sets --train_pairs, add --train_pairs=0.")
+    if pairs > 0:
+        values["train_steps"] = steps_for_budget(pairs, values["batch_size"])
     return validate(Config(**values))
+
+
+def steps_for_budget(train_pairs: int, batch_size: int) -> int:
+    """The steps that show every replica count the same examples: ceil(pairs / batch)."""
+    return -(-train_pairs // batch_size) if batch_size > 0 else 0
 
 
 def validate(config: Config) -> Config:
@@ -167,12 +206,8 @@ def validate(config: Config) -> Config:
                  "selection_images"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be >= 0.")
-    for name in ("learning_rate", "domain_loss_weight"):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"--{name}={getattr(config, name)}: must be > 0.")
-    for name in ("momentum", "ema_momentum"):
-        if not 0 <= getattr(config, name) < 1:
-            raise ConfigError(f"--{name}={getattr(config, name)}: must be in [0, 1).")
+    _check_floats(config)
+    _check_budget(config)
     if not config.model_dir:
         raise ConfigError("--model_dir is empty: give a directory for checkpoints and summaries.")
     for field in dataclasses.fields(Config):
@@ -192,6 +227,50 @@ def validate(config: Config) -> Config:
         if path and not os.path.exists(path):
             raise ConfigError(f"--{name}={path}: no such file or directory.")
     return config
+
+
+# (low, high, high inclusive): every float flag must be finite and in its range. NaN or
+# Inf in a schedule constant once trained a NaN model to the end and exited 0.
+_FLOAT_RANGES = {
+    "learning_rate": (0.0, 10.0, True),      # > 0
+    "momentum": (0.0, 1.0, False),
+    "ema_momentum": (0.0, 1.0, False),
+    "lr_alpha": (0.0, 1e4, True),
+    "lr_beta": (0.0, 10.0, True),
+    "gamma": (0.0, 1e4, True),
+    "lambda_max": (0.0, 100.0, True),
+    "domain_loss_weight": (0.0, 100.0, True),  # > 0
+    "warmup_fraction": (0.0, 1.0, False),
+}
+_POSITIVE_FLOATS = ("learning_rate", "domain_loss_weight")
+
+
+def _check_floats(config: Config) -> None:
+    for name, (low, high, high_inclusive) in _FLOAT_RANGES.items():
+        value = getattr(config, name)
+        if not math.isfinite(value):
+            raise ConfigError(f"--{name}={value}: must be a finite number.")
+        if name in _POSITIVE_FLOATS and value <= low:
+            raise ConfigError(f"--{name}={value}: must be > 0.")
+        if value < low or value > high or (value == high and not high_inclusive):
+            right = "]" if high_inclusive else ")"
+            raise ConfigError(f"--{name}={value}: must be in [{low:g}, {high:g}{right}.")
+
+
+def _check_budget(config: Config) -> None:
+    if config.train_pairs < 0:
+        raise ConfigError(f"--train_pairs={config.train_pairs}: must be >= 0.")
+    if not config.train_pairs:
+        return
+    steps = steps_for_budget(config.train_pairs, config.batch_size)
+    budget = f"--train_pairs={config.train_pairs} at --batch_size={config.batch_size}"
+    if config.train_steps != steps:
+        raise ConfigError(f"--train_steps={config.train_steps} disagrees with {budget} "
+                          f"({steps} steps): give one of the two.")
+    if config.eval_every > steps:
+        raise ConfigError(f"{budget} gives {steps} steps, fewer than one evaluation interval "
+                          f"(--eval_every={config.eval_every}): lower --eval_every, set it to 0 "
+                          "(evaluate at the end only), or raise the budget.")
 
 
 def _check_writable(path: str, flag: str) -> None:

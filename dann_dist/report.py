@@ -48,6 +48,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from dann_dist import atomic, cli, selection
+from dann_dist.config import Config, steps_for_budget
 
 FLAGS = flags.FLAGS
 
@@ -134,16 +135,20 @@ def _expanded_train_flags(options: ReportOptions) -> list[str]:
 
 
 def requested_train_steps(options: ReportOptions) -> int | None:
-    """--train_steps as the trainer will see it (last one wins), None if left to its default."""
-    steps = None
+    """The run length as the trainer will see it (last flag wins; --train_pairs, when
+    given, over --batch_size), None if left to its default."""
+    found = {}
     args = [a.strip() for a in _expanded_train_flags(options)]
     for arg, following in zip(args, args[1:] + [""]):
-        match = re.fullmatch(r"--?train_steps=(\d+)", arg)
+        match = re.fullmatch(r"--?(train_steps|train_pairs|batch_size)=(\d+)", arg)
         if match:
-            steps = int(match.group(1))
-        elif arg in ("--train_steps", "-train_steps") and following.isdigit():
-            steps = int(following)
-    return steps
+            found[match.group(1)] = int(match.group(2))
+        elif arg.lstrip("-") in ("train_steps", "train_pairs", "batch_size") and following.isdigit():
+            found[arg.lstrip("-")] = int(following)
+    if found.get("train_pairs"):
+        batch = found.get("batch_size", Config.batch_size)
+        return steps_for_budget(found["train_pairs"], batch)
+    return found.get("train_steps")
 
 
 def run_state(model_dir: str, adaptation: str, seed: int, train_steps: int | None) -> str:

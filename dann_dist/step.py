@@ -57,10 +57,13 @@ class TrainState:
 
 def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
     lr = config.effective_learning_rate
-    if config.lr_schedule == "annealed":
-        lr = schedules.AnnealedLearningRate(lr, config.train_steps, config.lr_alpha, config.lr_beta)
+    if config.lr_schedule == "annealed" or config.warmup_steps:
+        alpha = config.lr_alpha if config.lr_schedule == "annealed" else 0.0
+        lr = schedules.AnnealedLearningRate(lr, config.train_steps, alpha, config.lr_beta,
+                                            config.warmup_steps)
     # The optimizer keeps the weight average (and checkpoints it); training never sees it.
-    ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum or 0.99)
+    momentum = config.effective_ema_momentum
+    ema = dict(use_ema=momentum > 0, ema_momentum=momentum or 0.99)
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=config.momentum, **ema)
     return keras.optimizers.Adam(lr, **ema)

@@ -143,9 +143,7 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     if backend.is_chief:
         logging.info("%s", backend.describe(config.batch_size))
         logging.info("precision %s (%s)", precision, precision_reason)
-        if config.lr_scaling != "none":
-            logging.info("learning rate %g scaled %s to %g for global batch %d", config.learning_rate,
-                         config.lr_scaling, config.effective_learning_rate, config.batch_size)
+        logging.info("%s", _describe_schedule(config))
 
     # Elastic: no collective may run outside the elastic loop (a process that joins later
     # would meet the others' state broadcast there); the data cache is written atomically.
@@ -162,7 +160,8 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         os.makedirs(config.model_dir, exist_ok=True)
         # evaluate.py rebuilds the models and the preprocessing from this record.
         _write_json(os.path.join(config.model_dir, RUN_RECORD),
-                    {"config": config_lib.to_dict(config), "channel_mean": mean.tolist()})
+                    {"config": config_lib.to_dict(config), "channel_mean": mean.tolist(),
+                     "derived": derived_schedule(config, backend)})
         logging.info("source: %s (%d train); target: %s (%d train, labels used for evaluation only)",
                      source.description, len(train_x), target.description, len(target_x))
 
@@ -189,12 +188,20 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         summaries.image("input_samples/source_top_target_bottom", sample_grid.grid([source, target]))
 
     evaluate = make_evaluator(models)
+    # Training time excludes evaluations, so images/s and time-to-accuracy compare runs
+    # that evaluate at different intervals (the scaling study's rows).
+    clock = {"start": time.perf_counter(), "eval": 0.0}
+
+    def train_seconds() -> float:
+        return time.perf_counter() - clock["start"] - clock["eval"]
 
     def save(step: int):
         if backend.saves_checkpoints:
             manager.save(checkpoint_number=step)
 
     def run_eval(step: int) -> dict:
+        eval_start = time.perf_counter()
+        seconds = train_seconds()
         with step_lib.evaluation_weights(state):
             metrics = evaluate(test_sets, mean, config.eval_batch_size, source_val, selection_images)
         summaries.scalars("eval", metrics, step)
@@ -205,8 +212,10 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
             p = step / config.train_steps
             schedule = {"lambda": float(step_lib.adaptation_factor(config, step)),
                         "learning_rate": float(state.optimizers[0].learning_rate.numpy())}
+            schedule["train_seconds"] = seconds
             with open(os.path.join(config.model_dir, EVAL_HISTORY), "a") as f:
                 f.write(json.dumps({**metrics, **schedule, "progress": p}, sort_keys=True) + "\n")
+        clock["eval"] += time.perf_counter() - eval_start
         return metrics
 
     def train_loop() -> int:
@@ -285,9 +294,13 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
 
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
         save(step)
+    seconds = train_seconds()
     metrics = run_eval(step)
     metrics["weights_digest"] = weights_digest(models)
     metrics["resumed_from_step"] = start_step
+    # This process's share of the run (all of it unless resumed).
+    metrics["train_seconds"] = seconds
+    metrics["examples_per_sec"] = (step - start_step) * 2 * config.batch_size / max(seconds, 1e-9)
     if backend.is_chief:
         if config.export:
             with step_lib.evaluation_weights(state):
@@ -296,6 +309,27 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
         _write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
     summaries.flush()
     return metrics
+
+
+def derived_schedule(config: config_lib.Config, backend) -> dict:
+    """What the flags imply for this run on this many replicas (recorded in run.json)."""
+    return {"train_steps": config.train_steps, "train_pairs": config.train_steps * config.batch_size,
+            "warmup_steps": config.warmup_steps,
+            "effective_ema_momentum": config.effective_ema_momentum,
+            "effective_learning_rate": config.effective_learning_rate,
+            "global_batch_per_domain": config.batch_size, "replicas": backend.num_replicas,
+            "per_replica_batch_per_domain": backend.per_replica_batch(config.batch_size)}
+
+
+def _describe_schedule(config: config_lib.Config) -> str:
+    length = (f"--train_pairs={config.train_pairs} / --batch_size={config.batch_size}"
+              if config.train_pairs else "--train_steps")
+    lr = f"learning rate {config.learning_rate:g}"
+    if config.lr_scaling != "none":
+        lr += (f" scaled {config.lr_scaling} (global batch {config.batch_size} / "
+               f"{config.lr_base_batch}) to {config.effective_learning_rate:g}")
+    warmup = f", linear warm-up over {config.warmup_steps} steps" if config.warmup_steps else ""
+    return f"{config.train_steps} steps ({length}); {lr}, {config.lr_schedule}{warmup}"
 
 
 def weights_digest(models) -> str:

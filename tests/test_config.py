@@ -1,0 +1,120 @@
+"""Config: the training budget, the scaling rules and flag validation (no training)."""
+
+import math
+
+import numpy as np
+import pytest
+from absl import flags
+
+from dann_dist import config as config_lib, schedules, step as step_lib
+from dann_dist.config import Config, ConfigError, validate
+
+
+def parse(*argv):
+    """Config from the trainer's flags, as `python -m dann_dist.train argv` would build it."""
+    if "train_pairs" not in flags.FLAGS:
+        config_lib.define_flags()
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["train", *argv])
+        return config_lib.from_flags(flags.FLAGS)
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_budget_sets_the_steps_from_the_global_batch(tmp_path):
+    for batch, steps in ((64, 24000), (256, 6000), (1024, 1500), (1000, 1536)):
+        config = parse(f"--model_dir={tmp_path}", "--train_pairs=1536000", f"--batch_size={batch}",
+                       "--eval_every=0")
+        assert config.train_steps == steps  # ceil: never fewer examples than asked for
+        assert config.train_steps * batch >= 1536000 > (config.train_steps - 1) * batch
+
+
+def test_the_paper_flagfile_trains_24000_steps_at_64_and_1500_at_1024(tmp_path):
+    paper = parse("--flagfile=configs/mnist_mnistm.cfg", f"--model_dir={tmp_path}")
+    assert (paper.train_steps, paper.batch_size) == (24000, 64)
+    big = parse("--flagfile=configs/mnist_mnistm.cfg", f"--model_dir={tmp_path}",
+                "--batch_size=1024", "--eval_every=500")
+    assert big.train_steps == 1500
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--train_pairs=640", "--train_steps=10"), "both set the length"),
+    (("--train_pairs=6400", "--batch_size=64", "--eval_every=200"), "fewer than one evaluation"),
+    (("--train_pairs=-1",), "--train_pairs=-1"),
+    (("--warmup_fraction=1.5",), "--warmup_fraction=1.5"),
+    (("--warmup_fraction=1",), "--warmup_fraction=1.0"),
+    (("--lr_scaling=cube",), "lr_scaling"),
+])
+def test_budget_and_warmup_errors_name_the_flags(tmp_path, argv, message):
+    with pytest.raises((ConfigError, flags.Error), match=message.replace("(", r"\(")):
+        parse(f"--model_dir={tmp_path}", *argv)
+
+
+def test_flagfile_budget_can_be_switched_off_for_a_step_count(tmp_path):
+    config = parse("--flagfile=configs/mnist_mnistm.cfg", f"--model_dir={tmp_path}",
+                   "--train_pairs=0", "--train_steps=30")
+    assert config.train_steps == 30
+
+
+def test_a_config_whose_steps_disagree_with_its_budget_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="disagrees"):
+        validate(Config(model_dir=str(tmp_path), train_pairs=640, batch_size=64, train_steps=11,
+                        eval_every=0))
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "momentum", "ema_momentum", "lr_alpha",
+                                  "lr_beta", "gamma", "lambda_max", "domain_loss_weight",
+                                  "warmup_fraction"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_flag_must_be_finite(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=f"--{name}=.*finite"):
+        validate(Config(model_dir=str(tmp_path), **{name: value}))
+
+
+@pytest.mark.parametrize("name, value", [("learning_rate", 0.0), ("learning_rate", 11.0),
+                                         ("momentum", 1.0), ("gamma", -1.0),
+                                         ("lambda_max", -0.5), ("lr_beta", -1.0)])
+def test_float_flags_out_of_range_are_refused(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=f"--{name}="):
+        validate(Config(model_dir=str(tmp_path), **{name: value}))
+
+
+@pytest.mark.parametrize("rule, batch, expected", [
+    ("none", 1024, 0.01), ("linear", 1024, 0.16), ("sqrt", 1024, 0.04), ("sqrt", 256, 0.02),
+    ("linear", 64, 0.01), ("sqrt", 64, 0.01)])
+def test_learning_rate_scaling_rules(tmp_path, rule, batch, expected):
+    config = Config(model_dir=str(tmp_path), lr_scaling=rule, batch_size=batch, learning_rate=0.01)
+    assert config.effective_learning_rate == pytest.approx(expected)
+
+
+def test_ema_scaling_keeps_the_average_over_the_same_examples(tmp_path):
+    base = dict(model_dir=str(tmp_path), ema_momentum=0.999, ema_scaling="batch")
+    assert Config(**base, batch_size=64).effective_ema_momentum == pytest.approx(0.999)
+    big = Config(**base, batch_size=1024).effective_ema_momentum
+    assert big == pytest.approx(0.999 ** 16)
+    # Same decay per example seen: 16 small steps weigh the past like one large one.
+    assert big ** 1 == pytest.approx(0.999 ** 16)
+    assert Config(**{**base, "ema_scaling": "none"}, batch_size=1024).effective_ema_momentum == 0.999
+
+
+def test_warmup_ramps_linearly_then_follows_the_annealed_schedule():
+    lr = schedules.AnnealedLearningRate(0.16, total_steps=1000, alpha=10.0, beta=0.75,
+                                        warmup_steps=100)
+    annealed = lambda s: 0.16 / (1 + 10 * s / 1000) ** 0.75  # noqa: E731
+    for s, ramp in ((0, 0.01), (49, 0.5), (99, 1.0), (100, 1.0), (999, 1.0)):
+        assert float(lr(s)) == pytest.approx(annealed(s) * ramp, rel=1e-5)
+
+
+def test_optimizer_uses_the_scaled_rate_with_warmup_and_constant_schedule(tmp_path):
+    config = Config(model_dir=str(tmp_path), lr_schedule="constant", lr_scaling="linear",
+                    batch_size=256, train_steps=100, warmup_fraction=0.1)
+    assert config.warmup_steps == 10
+    optimizer = step_lib.make_optimizer(config)
+    rates = []
+    for s in (0, 4, 9, 50):
+        optimizer.iterations.assign(s)  # the rate the optimizer applies at update s
+        rates.append(float(optimizer.learning_rate))
+    assert np.allclose(rates, [0.04 * 0.1, 0.04 * 0.5, 0.04, 0.04])
+    paper = step_lib.make_optimizer(Config(model_dir=str(tmp_path), train_steps=100))
+    assert float(paper.learning_rate) == pytest.approx(0.01)
