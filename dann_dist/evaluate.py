@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
-import numpy as np
 from absl import app, flags
 
-from dann_dist import cli
-from dann_dist.config import Config
+from dann_dist import cli, rundir
 
 FLAGS = flags.FLAGS
 
@@ -33,49 +30,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_test_examples", 0, "Only the first N test images (0: all).", lower_bound=0)
 
 
-def load_run(model_dir: str) -> tuple[Config, np.ndarray]:
-    from dann_dist.trainer import RUN_RECORD
-
-    path = os.path.join(model_dir, RUN_RECORD)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --model_dir must be a directory written by "
-                                "dann_dist.train.")
-    with open(path) as f:
-        record = json.load(f)
-    known = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in record["config"].items() if k in known})
-    return config, np.asarray(record["channel_mean"], np.float32)
-
-
-def restore_run(model_dir: str, checkpoint: str = ""):
-    """Rebuilds a run's models in the precision it trained with and restores a checkpoint
-    (default: the newest readable one). Returns (config, channel mean, state, path)."""
-    from dann_dist import checkpoints, distribute, step as step_lib
-    from dann_dist.models import build_models, precision_policy
-
-    config, mean = load_run(model_dir)
-    # Runs recorded before precision was resolved at start may say "auto".
-    with precision_policy(distribute.resolve_precision(config.precision)[0]):
-        models = build_models(config.classifier_head, config.discriminator_head)
-    state = step_lib.create_state(models, config)
-    manager = checkpoints.make_manager(state.trackables(), model_dir, keep=config.keep_checkpoints)
-    if checkpoint:
-        manager.checkpoint.restore(checkpoint).assert_existing_objects_matched()
-        path = checkpoint
-    else:
-        path = checkpoints.restore_latest(manager)
-        if path is None:
-            raise FileNotFoundError(f"no checkpoint in {model_dir}: train first.")
-    return config, mean, state, path
-
-
 def evaluate_run(model_dir: str, checkpoint: str = "", eval_batch_size: int = 1000,
                  max_test_examples: int = 0, data_overrides: dict | None = None, domains=None) -> dict:
     from dann_dist import step as step_lib
+    from dann_dist.data.load import load_domains
     from dann_dist.evaluation import make_evaluator
-    from dann_dist.trainer import load_domains
 
-    config, mean, state, path = restore_run(model_dir, checkpoint)
+    config, mean, state, path = rundir.restore_run(model_dir, checkpoint)
     config = dataclasses.replace(config, **(data_overrides or {}))
     source, target = domains or load_domains(config)
     n = max_test_examples or None

@@ -47,7 +47,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from dann_dist import atomic, cli, selection
+from dann_dist import atomic, cli, rundir, selection
 from dann_dist.config import Config, steps_for_budget
 
 FLAGS = flags.FLAGS
@@ -121,14 +121,6 @@ def run_dir(report_dir: str, adaptation: str, seed: int) -> str:
     return os.path.join(report_dir, adaptation, f"seed{seed}")
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _expanded_train_flags(options: ReportOptions) -> list[str]:
     argv = ([f"--flagfile={options.train_flagfile}"] if options.train_flagfile else [])
     return flags.FlagValues().read_flags_from_files(argv + list(options.train_flags), force_gnu=True)
@@ -154,7 +146,7 @@ def requested_train_steps(options: ReportOptions) -> int | None:
 def run_state(model_dir: str, adaptation: str, seed: int, train_steps: int | None) -> str:
     """"complete" (metrics.json at the run's last step), "incomplete" or "missing".
     Raises ReportError when the directory holds a run of another adaptation or seed."""
-    record = _read_json(os.path.join(model_dir, "run.json"))
+    record = rundir.read_json(rundir.path(model_dir, rundir.RUN_RECORD))
     if record is None:
         return "missing"
     config = record["config"]
@@ -162,7 +154,7 @@ def run_state(model_dir: str, adaptation: str, seed: int, train_steps: int | Non
         raise ReportError(f"{model_dir} holds a run of adaptation={config.get('adaptation')} "
                           f"seed={config.get('seed')}, not {adaptation} seed {seed}: move it away.",
                           cli.EXIT_USAGE)
-    metrics = _read_json(os.path.join(model_dir, "metrics.json"))
+    metrics = rundir.read_json(rundir.path(model_dir, rundir.METRICS))
     if metrics is None or metrics.get("step") != config["train_steps"]:
         return "incomplete"
     if train_steps is not None and train_steps != config["train_steps"]:
@@ -246,9 +238,9 @@ def train_missing(options: ReportOptions, todo: list[tuple[str, int]]) -> set[tu
 
 def load_run_result(model_dir: str, guard: float) -> dict:
     """config, final metrics, deduplicated evaluation history and selections of one run."""
-    record = _read_json(os.path.join(model_dir, "run.json"))
-    metrics = _read_json(os.path.join(model_dir, "metrics.json"))
-    history = selection.read_history(os.path.join(model_dir, selection.EVAL_HISTORY))
+    record = rundir.read_json(rundir.path(model_dir, rundir.RUN_RECORD))
+    metrics = rundir.read_json(rundir.path(model_dir, rundir.METRICS))
+    history = selection.read_history(rundir.path(model_dir, rundir.EVAL_HISTORY))
     chosen = selection.select_all(history, guard)
     if chosen[selection.FINAL] is None:
         chosen[selection.FINAL] = metrics  # a run without a history: its final evaluation
@@ -314,10 +306,9 @@ def extract_features(model_dir: str, image_sets: dict, batch_size: int = 500) ->
     features [n, d]} for each uint8 image set, the checkpoint's step)."""
     from dann_dist import step as step_lib
     from dann_dist.data.pipeline import to_model_input
-    from dann_dist.evaluate import restore_run
 
     try:
-        _, mean, state, _ = restore_run(model_dir)
+        _, mean, state, _ = rundir.restore_run(model_dir)
     except FileNotFoundError as err:
         raise ReportError(str(err)) from err
     features = {}
@@ -678,8 +669,7 @@ def make_report(options: ReportOptions, domains=None) -> dict:
     if options.pad_examples and analysed:
         if domains is None:
             from dann_dist.data import DataError
-            from dann_dist.evaluate import load_run
-            from dann_dist.trainer import load_domains
+            from dann_dist.data.load import load_domains
 
             data_configs = {json.dumps(_data_config(r["result"]["config"]), sort_keys=True)
                             for r in analysed}
@@ -687,7 +677,7 @@ def make_report(options: ReportOptions, domains=None) -> dict:
                 logging.warning("the runs were trained with different data flags; the feature "
                                 "analysis uses those of %s", analysed[0]["model_dir"])
             try:
-                domains = load_domains(load_run(analysed[0]["model_dir"])[0])
+                domains = load_domains(rundir.load_run(analysed[0]["model_dir"])[0])
             except DataError as err:
                 raise ReportError(f"loading the data for the feature analysis: {err}") from err
         pad, features_png = analyse_features(options, runs, domains)

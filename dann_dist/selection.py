@@ -26,9 +26,7 @@ import json
 import math
 import os
 
-# Written by dann_dist.trainer (its EVAL_HISTORY); named here too so that reading a
-# history does not import TensorFlow.
-EVAL_HISTORY = "eval_history.jsonl"
+from dann_dist.rundir import EVAL_HISTORY  # noqa: F401  (the name readers of a history use)
 
 FINAL, SOURCE_VAL, ENTROPY, ORACLE = "final", "source_val", "entropy", "oracle"
 ORACLE_LABEL = "oracle (uses target labels; not a valid selection)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import signal
@@ -16,16 +15,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dann_dist import atomic, checkpoints, config as config_lib, distribute, step as step_lib
+from dann_dist import checkpoints, config as config_lib, distribute, rundir, step as step_lib
 from dann_dist.data import sample_grid
+from dann_dist.data.load import load_domains
 from dann_dist.data.pipeline import channel_mean, train_dataset
 from dann_dist.evaluation import make_evaluator
 from dann_dist.models import build_models
 from dann_dist.summaries import Summaries
-
-
-RUN_RECORD = "run.json"
-EVAL_HISTORY = "eval_history.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,17 +54,6 @@ class _SignalFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def load_domains(config: config_lib.Config):
-    from dann_dist.data import load_mnist, load_mnistm
-    from dann_dist.data.flags import default_data_dir
-
-    data_dir = config.data_dir or default_data_dir()
-    source = load_mnist(data_dir, config.mnist_path or None, config.mnist_download)
-    target = load_mnistm(data_dir, source, config.mnistm_path or None,
-                         config.bsds_path or None, config.mnistm_seed)
-    return source, target
 
 
 def _trim(x, n):
@@ -159,9 +144,7 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     if backend.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
         # evaluate.py rebuilds the models and the preprocessing from this record.
-        _write_json(os.path.join(config.model_dir, RUN_RECORD),
-                    {"config": config_lib.to_dict(config), "channel_mean": mean.tolist(),
-                     "derived": derived_schedule(config, backend)})
+        rundir.write_run_record(config.model_dir, config, mean, derived_schedule(config, backend))
         logging.info("source: %s (%d train); target: %s (%d train, labels used for evaluation only)",
                      source.description, len(train_x), target.description, len(target_x))
 
@@ -213,8 +196,7 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
             schedule = {"lambda": float(step_lib.adaptation_factor(config, step)),
                         "learning_rate": float(state.optimizers[0].learning_rate.numpy())}
             schedule["train_seconds"] = seconds
-            with open(os.path.join(config.model_dir, EVAL_HISTORY), "a") as f:
-                f.write(json.dumps({**metrics, **schedule, "progress": p}, sort_keys=True) + "\n")
+            rundir.append_eval(config.model_dir, {**metrics, **schedule, "progress": p})
         clock["eval"] += time.perf_counter() - eval_start
         return metrics
 
@@ -304,9 +286,9 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     if backend.is_chief:
         if config.export:
             with step_lib.evaluation_weights(state):
-                path = checkpoints.export(models, mean, os.path.join(config.model_dir, "export"))
+                path = checkpoints.export(models, mean, rundir.path(config.model_dir, rundir.EXPORT_DIR))
             logging.info("exported extractor+classifier to %s", path)
-        _write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
+        rundir.write_metrics(config.model_dir, metrics)
     summaries.flush()
     return metrics
 
@@ -350,10 +332,6 @@ def _window_metrics(sums: np.ndarray, steps: int, batch_size: int) -> dict:
         "source_accuracy": label_correct / (steps * batch_size),
         "domain_accuracy": domain_correct / (steps * 2 * batch_size),
     }
-
-
-def _write_json(path: str, payload: dict) -> None:
-    atomic.write_file(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def _fmt(metrics: dict) -> str:

@@ -88,10 +88,16 @@ def test_missing_quantities_make_criteria_unavailable(tmp_path):
     assert selection.select_entropy(history) is None
 
 
-def test_history_file_name_matches_the_trainer():
-    from dann_dist import trainer
+def test_reading_a_history_does_not_import_tensorflow():
+    # The report's collect step reads many histories; TensorFlow's start-up is seconds.
+    import subprocess
+    import sys
 
-    assert selection.EVAL_HISTORY == trainer.EVAL_HISTORY
+    code = ("import sys; from dann_dist import selection, rundir; "
+            "assert selection.EVAL_HISTORY == rundir.EVAL_HISTORY; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("guard", [0.0, 0.02, 0.5])

@@ -5,14 +5,14 @@ import json
 
 import numpy as np
 
-from dann_dist import trainer
+from dann_dist import rundir, trainer
 from synthetic import tiny_config
 
 
 def test_eval_history_has_label_free_criteria_and_holdout_is_not_trained_on(tmp_path, domains):
     config = tiny_config(tmp_path, train_steps=20, eval_every=10, source_holdout=32, selection_images=64)
     trainer.train_and_evaluate(config, domains=domains)
-    lines = [json.loads(l) for l in open(tmp_path / trainer.EVAL_HISTORY)]
+    lines = [json.loads(l) for l in open(tmp_path / rundir.EVAL_HISTORY)]
     assert [l["step"] for l in lines] == [10, 20]
     for line in lines:
         assert 0 <= line["source_val_accuracy"] <= 1
