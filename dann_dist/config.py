@@ -14,6 +14,8 @@ from typing import Any
 
 from absl import flags
 
+from dann_dist.data.flags import DATA_FLAGS
+
 ADAPTATIONS = ("dann", "source_only", "target_only")
 ADVERSARIAL_LOSSES = ("grl", "flipped_labels")
 HEADS = ("paper", "bn")
@@ -45,6 +47,7 @@ class Config:
     mnistm_path: str = _field("", "see dann_dist.data")
     bsds_path: str = _field("", "see dann_dist.data")
     mnistm_seed: int = _field(42, "see dann_dist.data")
+    mnistm_version: int = _field(1, "see dann_dist.data")
 
     # What is trained.
     adaptation: str = _field("dann", "dann: adversarial adaptation; source_only: lambda=0 "
@@ -150,16 +153,13 @@ class Config:
         return int(round(self.warmup_fraction * self.train_steps))
 
 
-_DATA_FLAGS = ("data_dir", "mnist_path", "mnist_download", "mnistm_path", "bsds_path", "mnistm_seed")
-
-
 def define_flags() -> None:
     """Registers one absl flag per Config field (call once, before app.run)."""
     from dann_dist.data import define_flags as define_data_flags
 
     define_data_flags()
     for field in dataclasses.fields(Config):
-        if field.name in _DATA_FLAGS:
+        if field.name in DATA_FLAGS:
             continue
         help_text, choices = field.metadata["help"], field.metadata["choices"]
         if choices:

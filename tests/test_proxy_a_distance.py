@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dann_dist.proxy_a_distance import balanced_error, fit_logistic, proxy_a_distance
+from dann_dist.report.proxy_a_distance import balanced_error, fit_logistic, proxy_a_distance
 
 
 def gaussians(shift, n=1000, dim=20, seed=0):

@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from distributed_helpers import ROOT, RUN_SYNTHETIC, env
 
 from dann_dist import report as report_lib
 from dann_dist.report import ReportError, ReportOptions
-from distributed_helpers import ROOT, RUN_SYNTHETIC, env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ("--train_steps=6", "--batch_size=16", "--eval_every=2", "--log_every=3",
@@ -37,8 +37,9 @@ SUBPROCESS_RUN = ("dann", 1)
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, domains):
     """3 adaptations x 2 seeds of 6 steps, and the report over them (done once)."""
-    from dann_dist import trainer
     from synthetic import tiny_config
+
+    from dann_dist import trainer
 
     report_dir = tmp_path_factory.mktemp("report") / "r"
     for adaptation in ADAPTATIONS:
@@ -72,7 +73,8 @@ def is_png(path):
 def test_runs_are_ordinary_model_dirs_trained_by_the_given_command(built):
     report_dir, result = built
     assert [(r["adaptation"], r["seed"], r["status"]) for r in result["runs"]] == [
-        (a, s, "trained" if (a, s) == SUBPROCESS_RUN else "collected") for a in ADAPTATIONS for s in (0, 1)]
+        (a, s, "trained" if (a, s) == SUBPROCESS_RUN else "collected")
+        for a in ADAPTATIONS for s in (0, 1)]
     for adaptation in ADAPTATIONS:
         for seed in (0, 1):
             model_dir = report_dir / adaptation / f"seed{seed}"
@@ -80,13 +82,15 @@ def test_runs_are_ordinary_model_dirs_trained_by_the_given_command(built):
             assert metrics["step"] == 6
             with open(model_dir / "run.json") as f:
                 config = json.load(f)["config"]
-            assert (config["adaptation"], config["seed"], config["train_steps"]) == (adaptation, seed, 6)
+            assert (config["adaptation"], config["seed"], config["train_steps"]) == (
+                adaptation, seed, 6)
     log = (report_dir / "dann" / "seed1" / "train.log").read_text()
     assert "run_synthetic.py" in log and "--adaptation=dann --seed=1" in log
     assert "source: synthetic gray test source" in log  # the trainer's own output
     assert not (report_dir / "dann" / "seed0" / "train.log").exists()  # collected, not run
     # Different seeds give different models.
-    assert metrics_of(report_dir, "dann", 0)["weights_digest"] != metrics_of(report_dir, "dann", 1)["weights_digest"]
+    assert (metrics_of(report_dir, "dann", 0)["weights_digest"]
+            != metrics_of(report_dir, "dann", 1)["weights_digest"])
 
 
 def test_json_table_is_mean_and_std_of_the_runs_final_metrics(built):
@@ -103,7 +107,8 @@ def test_json_table_is_mean_and_std_of_the_runs_final_metrics(built):
             assert row[key]["std"] == pytest.approx(np.std(values, ddof=1))
         assert row["paper_target_accuracy"] == report_lib.PAPER_TARGET_ACCURACY[adaptation]
         sel = row["selection"]
-        assert sel["final"]["target_accuracy"]["values"] == pytest.approx(row["target_accuracy"]["values"])
+        assert sel["final"]["target_accuracy"]["values"] == pytest.approx(
+            row["target_accuracy"]["values"])
         assert sel["final"]["steps"] == [6, 6]
         for criterion in ("source_val", "entropy", "oracle"):
             assert set(sel[criterion]["steps"]) <= {2, 4, 6}
@@ -123,13 +128,14 @@ def test_json_table_is_mean_and_std_of_the_runs_final_metrics(built):
 
 def test_selections_match_each_runs_history(built):
     report_dir, result = built
-    from dann_dist import selection
+    from dann_dist.report import selection
 
     for run in result["runs"]:
         history = selection.read_history(os.path.join(run["model_dir"], selection.EVAL_HISTORY))
         assert [e["step"] for e in history] == [2, 4, 6]
         expected = selection.select_all(history, selection.DEFAULT_GUARD)
-        assert {k: v["step"] for k, v in run["selected"].items()} == {k: v["step"] for k, v in expected.items()}
+        assert ({k: v["step"] for k, v in run["selected"].items()}
+                == {k: v["step"] for k, v in expected.items()})
 
 
 def test_proxy_a_distance_of_source_only_and_dann(built):
@@ -169,7 +175,8 @@ def test_figures_are_pngs_and_in_tensorboard(built):
 
     events = list((report_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1
-    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value}
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0]))
+            for v in e.summary.value}
     assert {"features_pca", "curves", "report"} <= tags
     assert not [p for p in report_dir.iterdir() if ".tmp" in p.name]
 
@@ -207,7 +214,8 @@ def test_trainer_command_line_and_flag_checks(tmp_path):
     argv = report_lib.trainer_argv(options, "dann", 2)
     assert argv[:3] == [sys.executable, "-m", "dann_dist.train"]
     assert argv[3:] == ["--flagfile=configs/mnist_mnistm.cfg", "--eval_every=500",
-                        f"--model_dir={tmp_path / 'dann' / 'seed2'}", "--adaptation=dann", "--seed=2"]
+                        f"--model_dir={tmp_path / 'dann' / 'seed2'}", "--adaptation=dann",
+                        "--seed=2"]
     custom = ReportOptions(report_dir=str(tmp_path), train_command="python3 x.py --a='b c'",
                            train_flagfile="")
     assert report_lib.trainer_argv(custom, "dann", 0)[:3] == [sys.executable, "x.py", "--a=b c"]
@@ -235,7 +243,8 @@ def test_a_directory_holding_another_run_is_refused(tmp_path):
     model_dir = tmp_path / "dann" / "seed0"
     model_dir.mkdir(parents=True)
     (model_dir / "run.json").write_text(json.dumps(
-        {"config": {"adaptation": "source_only", "seed": 0, "train_steps": 6}, "channel_mean": [0, 0, 0]}))
+        {"config": {"adaptation": "source_only", "seed": 0, "train_steps": 6},
+         "channel_mean": [0, 0, 0]}))
     with pytest.raises(ReportError) as err:
         report_lib.run_state(str(model_dir), "dann", 0, None)
     assert err.value.exit_code == 2
@@ -261,7 +270,8 @@ def test_a_failing_trainer_fails_the_report_with_its_log(tmp_path, trainer_exit,
     # 143 = stopped by SIGTERM after a checkpoint: passed on, so that a scheduler requeues.
     options = ReportOptions(report_dir=str(tmp_path), seeds=1, adaptations=("dann",),
                             train_flagfile="", pad_examples=0,
-                            train_command=f"python -c 'import sys; print(\"boom\"); sys.exit({trainer_exit})'")
+                            train_command=("python -c 'import sys; print(\"boom\"); "
+                                           f"sys.exit({trainer_exit})'"))
     with pytest.raises(ReportError) as err:
         report_lib.make_report(options)
     assert err.value.exit_code == report_exit

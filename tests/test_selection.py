@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dann_dist import selection
+from dann_dist.report import selection
 
 
 def entry(step, val, entropy, target, source=0.9):
@@ -57,7 +57,7 @@ def test_dedupe_keeps_the_last_line_of_a_repeated_step(tmp_path):
     lines = [entry(100, 0.90, 1.0, 0.5), entry(200, 0.99, 0.2, 0.9),
              entry(200, 0.93, 0.8, 0.6), entry(300, 0.95, 0.7, 0.65)]
     path = tmp_path / selection.EVAL_HISTORY
-    path.write_text("".join(json.dumps(l) + "\n" for l in lines) + '{"step": 40')  # torn tail
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 40')  # torn tail
     history = selection.read_history(str(path))
     assert [e["step"] for e in history] == [100, 200, 300]
     assert history[1]["source_val_accuracy"] == 0.93
@@ -93,7 +93,7 @@ def test_reading_a_history_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys; from dann_dist import selection, rundir; "
+    code = ("import sys; from dann_dist import rundir; from dann_dist.report import selection; "
             "assert selection.EVAL_HISTORY == rundir.EVAL_HISTORY; "
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

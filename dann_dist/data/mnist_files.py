@@ -11,7 +11,8 @@
 
 Each reader returns {"x_train", "y_train", "x_test", "y_test"} with images
 shaped [N, 28, 28, 1]; domain.check_arrays does the common checks.
-Pickles can run code when loaded: only pass pickle files you trust.
+Pickles are read with user_files' restricted unpickler: only numpy arrays and plain
+containers load; a pickle that names anything else is refused, unrun.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
     dtype_code, ndim = data[2], data[3]
     if dtype_code != _IDX_UBYTE:
-        raise DataError(f"{path}: IDX element type 0x{dtype_code:02x}, expected 0x08 (unsigned byte)")
+        raise DataError(f"{path}: IDX element type 0x{dtype_code:02x}, "
+                        "expected 0x08 (unsigned byte)")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header")
@@ -92,7 +94,8 @@ def read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
         array = read_idx(path)
         if key.startswith("x_"):
             if array.ndim != 3 or array.shape[1:] != (28, 28):
-                raise DataError(f"{path}: images have shape {list(array.shape)}, expected [N, 28, 28]")
+                raise DataError(f"{path}: images have shape {list(array.shape)}, "
+                                "expected [N, 28, 28]")
             array = array[..., None]
         elif array.ndim != 1:
             raise DataError(f"{path}: labels have shape {list(array.shape)}, expected [N]")
@@ -113,7 +116,8 @@ def read_mnist_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in IDX_NAMES if k not in archive.files]
             if missing:
-                raise DataError(f"{path}: no {', '.join(missing)} array (has {', '.join(archive.files)})")
+                raise DataError(f"{path}: no {', '.join(missing)} array "
+                                f"(has {', '.join(archive.files)})")
             arrays = {key: archive[key] for key in IDX_NAMES}
     except DataError:
         raise
@@ -134,7 +138,8 @@ def floats_to_bytes(rows: np.ndarray, where: str) -> np.ndarray:
     # Multiplying by a power of two is exact in floating point, so byte/256
     # comes back as the integral byte value with no rounding involved.
     scaled = rows * rows.dtype.type(256)
-    if not (np.all(scaled >= 0) and np.all(scaled <= 255) and np.array_equal(scaled, np.floor(scaled))):
+    if not (np.all(scaled >= 0) and np.all(scaled <= 255)
+            and np.array_equal(scaled, np.floor(scaled))):
         raise DataError(f"{where}: pixels are not byte/256 values in [0, 255/256] "
                         "(a byte/255 variant would fail here too)")
     return scaled.astype(np.uint8).reshape(-1, 28, 28, 1)

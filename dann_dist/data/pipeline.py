@@ -72,7 +72,8 @@ def replica_indices(indices: tf.data.Dataset, per_replica_batch: int, replicas_p
 
 def train_dataset(source_images: np.ndarray, source_labels: np.ndarray, target_images: np.ndarray,
                   *, mean, per_replica_batch: int, seed: int, replicas_per_pipeline: int = 1,
-                  pipeline_index: int = 0, num_pipelines: int = 1, start_step: int = 0) -> tf.data.Dataset:
+                  pipeline_index: int = 0, num_pipelines: int = 1,
+                  start_step: int = 0) -> tf.data.Dataset:
     """Infinite paired batches {source_images, source_labels, target_images} for one
     input pipeline (a Horovod rank, or a tf.distribute worker serving R replicas)."""
     if not 0 <= pipeline_index < num_pipelines:

@@ -109,7 +109,8 @@ def save_cache(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
     return checksum
 
 
-def load_cache(path: Path, required: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def load_cache(path: Path, required: tuple[str, ...]
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Reads a cache file written by save_cache and verifies its checksum.
 
     Raises DataError when the file cannot be read, lacks an array, has no

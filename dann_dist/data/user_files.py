@@ -1,8 +1,16 @@
-"""Reading bytes and pickles from files a user passes in, with errors naming the file."""
+"""Reading bytes and pickles from files a user passes in, with errors naming the file.
+
+Pickles are read with a restricted unpickler: a plain pickle.load runs whatever
+callable the file names (os.system included), so a crafted --mnist_path or
+--mnistm_path could run code. Only the globals that numpy arrays, numpy scalars
+and plain containers need are resolved; anything else is refused, naming the file
+and the global, before it is imported or called.
+"""
 
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import zlib
 from pathlib import Path
@@ -29,15 +37,53 @@ def gunzip_if_gzipped(data: bytes, path: Path | str) -> bytes:
         raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from e
 
 
+# (module, name) pairs a pickle of numpy arrays and builtin containers refers to,
+# under numpy 1.x (numpy.core) and 2.x (numpy._core) names and Python 2's
+# __builtin__. Each is a constructor without side effects: _reconstruct and
+# _frombuffer (protocol 5) build arrays, scalar builds numpy scalars, and
+# _codecs.encode turns the text that protocols 0-2 store bytes as back into bytes.
+ALLOWED_GLOBALS = frozenset(
+    [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+     ("collections", "OrderedDict")]
+    + [(f"numpy.{core}.multiarray", name) for core in ("core", "_core")
+       for name in ("_reconstruct", "scalar")]
+    + [(f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")]
+    + [(builtins, name) for builtins in ("builtins", "__builtin__")
+       for name in ("set", "frozenset", "bytearray", "complex")])
+
+
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside ALLOWED_GLOBALS."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.qualified_name = f"{module}.{name}"
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise ForbiddenGlobal(module, name)
+        return super().find_class(module, name)
+
+
 def load_pickle(path: Path):
-    """Unpickles a (possibly gzipped) file. Pickles can run code: trusted files only."""
+    """Unpickles a (possibly gzipped) file of numpy arrays and builtin containers."""
     return unpickle(gunzip_if_gzipped(read_bytes(path), path), where=str(path))
 
 
 def unpickle(data: bytes, where: str):
+    """Unpickles data with the restricted unpickler; DataError naming `where` on failure."""
     try:
         # latin1 lets Python 3 read Python 2 pickles of numpy arrays, which is
         # how the classic mnist.pkl.gz and older MNIST-M pickles were written.
-        return pickle.loads(data, encoding="latin1")
+        return _ArraysOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except ForbiddenGlobal as e:
+        raise DataError(
+            f"{where}: refused to load: the pickle asks for {e.qualified_name}, which is not "
+            "part of a numpy array or a plain container (a pickle can run code when loaded, so "
+            "only numpy arrays, numpy scalars, dict/list/tuple/set, numbers, strings and bytes "
+            "are allowed). If the file is yours and safe, convert it to an .npz with x_train, "
+            "y_train, x_test, y_test and pass that instead") from e
     except Exception as e:  # unpickling damaged data raises almost any type
         raise DataError(f"{where}: cannot unpickle ({type(e).__name__}: {e})") from e

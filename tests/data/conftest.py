@@ -16,4 +16,5 @@ def files(tmp_path: Path) -> FixtureFiles:
 
 @pytest.fixture
 def photos() -> list[np.ndarray]:
-    return [smooth_photo(48, 64, seed=1), smooth_photo(60, 45, seed=2), smooth_photo(33, 90, seed=3)]
+    return [smooth_photo(48, 64, seed=1), smooth_photo(60, 45, seed=2),
+            smooth_photo(33, 90, seed=3)]

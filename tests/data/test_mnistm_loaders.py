@@ -1,8 +1,10 @@
 """MNIST-M from the user's files: published PNG folder, both pickle styles, .npz; bad input."""
 
+import logging
+
 import numpy as np
 import pytest
-from data_fixtures import encode_png, tiny_mnist
+from data_fixtures import encode_png, injected_source, tiny_mnist
 
 from dann_dist.data import load_mnistm, mnistm
 from dann_dist.data.errors import DataError
@@ -66,7 +68,8 @@ def test_pickle_of_the_common_generator_takes_labels_from_mnist(files, mnist, tm
     images = np.random.default_rng(0).integers(0, 256, (18, 28, 28, 3), dtype=np.uint8)
     # TensorFlow's read_data_sets split: valid = the first training images.
     content = {"valid": images[:5], "train": images[5:12], "test": images[12:]}
-    domain = load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(files.mnistm_pickle(content)))
+    path = files.mnistm_pickle(content)
+    domain = load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(path))
     np.testing.assert_array_equal(domain.x_train, images[:12])
     np.testing.assert_array_equal(domain.y_train, mnist.y_train)
     np.testing.assert_array_equal(domain.x_test, images[12:])
@@ -80,7 +83,8 @@ def test_pickle_of_the_origin_script(files, mnist, tmp_path):
                "train_label": rng.integers(0, 10, 9),
                "test": rng.integers(0, 256, (4, 28, 28, 3), dtype=np.uint8),
                "test_label": rng.integers(0, 10, 4)}
-    domain = load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(files.mnistm_pickle(content)))
+    path = files.mnistm_pickle(content)
+    domain = load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(path))
     np.testing.assert_array_equal(domain.x_train, content["train"])
     np.testing.assert_array_equal(domain.y_train, content["train_label"])
     np.testing.assert_array_equal(domain.y_test, content["test_label"])
@@ -137,19 +141,25 @@ def _garbage_png(folder):
 
 
 def _wrong_size_png(folder):
-    (folder / "mnist_m_train" / "00000000.png").write_bytes(encode_png(np.zeros((30, 30, 3), np.uint8)))
+    png = encode_png(np.zeros((30, 30, 3), np.uint8))
+    (folder / "mnist_m_train" / "00000000.png").write_bytes(png)
 
 
 def _odd_size_png(folder):
-    (folder / "mnist_m_train" / "00000005.png").write_bytes(encode_png(np.zeros((28, 28, 3), np.uint8)))
+    png = encode_png(np.zeros((28, 28, 3), np.uint8))
+    (folder / "mnist_m_train" / "00000005.png").write_bytes(png)
 
 
 @pytest.mark.parametrize("corrupt,problem", [
-    (lambda f: _set_label(f, "00000002.png 11"), r"mnist_m_train_labels.txt:3: label 11 outside 0..9"),
-    (lambda f: _set_label(f, "00000002.png"), r"mnist_m_train_labels.txt:3: expected '<name>.png <label>'"),
+    (lambda f: _set_label(f, "00000002.png 11"),
+     r"mnist_m_train_labels.txt:3: label 11 outside 0..9"),
+    (lambda f: _set_label(f, "00000002.png"),
+     r"mnist_m_train_labels.txt:3: expected '<name>.png <label>'"),
     (lambda f: _set_label(f, "00000002.png seven"), r"mnist_m_train_labels.txt:3: expected"),
-    (_extra_png, r"mnist_m_train: image/label count mismatch: 13 PNG files, 12 labels.*00000099.png"),
-    (_missing_png, r"mnist_m_train: image/label count mismatch.*labelled but missing: 00000004.png"),
+    (_extra_png,
+     r"mnist_m_train: image/label count mismatch: 13 PNG files, 12 labels.*00000099.png"),
+    (_missing_png,
+     r"mnist_m_train: image/label count mismatch.*labelled but missing: 00000004.png"),
     (_garbage_png, r"mnist_m_test/00000002.png: cannot decode image"),
     (_wrong_size_png, r"mnist_m_train/00000000.png: image is 30x30, expected 32x32"),
     (_odd_size_png, r"mnist_m_train/00000005.png: image is 28x28x3, expected 32x32"),
@@ -165,18 +175,20 @@ def test_bad_input_leaves_the_existing_cache_intact(published, files, mnist, tmp
     folder, _, _ = published
     data_dir = tmp_path / "data"
     load_mnistm(str(data_dir), mnist, mnistm_path=str(folder))
-    before = (data_dir / "mnistm.npz").read_bytes()
+    cache = mnistm.cache_path(data_dir, mnistm_path=str(folder))
+    before = cache.read_bytes()
     _garbage_png(folder)
     with pytest.raises(DataError, match="cannot decode"):
         load_mnistm(str(data_dir), mnist, mnistm_path=str(folder))
-    assert (data_dir / "mnistm.npz").read_bytes() == before
-    assert sorted(p.name for p in data_dir.iterdir()) == ["mnistm.npz"]
+    assert cache.read_bytes() == before
+    assert [p.name for p in data_dir.iterdir()] == [cache.name]
 
 
 def test_pickle_sizes_that_do_not_match_mnist(files, mnist, tmp_path):
     images = np.zeros((20, 28, 28, 3), np.uint8)
     path = files.mnistm_pickle({"valid": images[:5], "train": images[5:13], "test": images[13:]})
-    with pytest.raises(DataError, match="mnistm_data.pkl: has 8 train \\+ 5 valid .* labels are taken from MNIST"):
+    with pytest.raises(DataError, match="mnistm_data.pkl: has 8 train \\+ 5 valid .* "
+                                        "labels are taken from MNIST"):
         load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(path))
 
 
@@ -211,3 +223,38 @@ def test_both_mnistm_and_bsds_paths_is_an_error(published, mnist, tmp_path):
 def test_missing_path(mnist, tmp_path):
     with pytest.raises(DataError, match="nowhere: does not exist"):
         load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(tmp_path / "nowhere"))
+
+
+def test_published_tarball_gets_told_to_extract(files, mnist, tmp_path):
+    files.root.mkdir(parents=True, exist_ok=True)
+    tarball = files.root / "mnist_m.tar.gz"
+    tarball.write_bytes(b"\x1f\x8b not extracted")
+    with pytest.raises(DataError, match="mnist_m.tar.gz: a tarball; extract it first"):
+        load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(tarball))
+
+
+def test_mnistm_path_is_cached_apart_and_a_later_run_uses_the_default(published, mnist, tmp_path,
+                                                                     photos, caplog):
+    folder, _, (y_train, _) = published
+    data_dir = tmp_path / "data"
+    default_calls = []
+    source = injected_source(photos, default_calls)
+    generated = load_mnistm(str(data_dir), mnist, photo_source=source)
+    default_cache = data_dir / mnistm.CACHE_NAME
+    before = default_cache.read_bytes()
+
+    users = load_mnistm(str(data_dir), mnist, mnistm_path=str(folder))
+    np.testing.assert_array_equal(users.y_train, y_train)
+    assert default_cache.read_bytes() == before  # the default cache never holds the user's set
+    assert mnistm.cache_path(data_dir, mnistm_path=str(folder)).is_file()
+
+    with caplog.at_level(logging.INFO):
+        later = load_mnistm(str(data_dir), mnist, photo_source=source)
+    assert later.sha256() == generated.sha256() and later.sha256() != users.sha256()
+    assert default_calls == [1]  # from its cache, not regenerated
+    assert "source: generated (version 1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = load_mnistm(str(data_dir), mnist, mnistm_path=str(folder))
+    assert again.sha256() == users.sha256() and "using cache" in caplog.text
+    assert f"source --mnistm_path {folder}" in caplog.text

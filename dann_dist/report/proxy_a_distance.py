@@ -12,6 +12,8 @@ constant guess scores 0.5 whatever the set sizes), clipped to <= 0.5.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 DEFAULT_L2_GRID = (1.0, 0.1, 0.01, 0.001)
@@ -41,6 +43,13 @@ def _conjugate_gradient(hess_vec, b: np.ndarray, tol: float, max_iter: int) -> n
     return x
 
 
+def _hessian_vector_product(xb: np.ndarray, curvature: np.ndarray, penalty: np.ndarray,
+                            v: np.ndarray) -> np.ndarray:
+    """H v for the log-loss Hessian at the current weights (curvature = p (1 - p) / n);
+    the tiny ridge keeps H positive definite along the unpenalised bias."""
+    return xb.T @ (curvature * (xb @ v)) + (penalty + 1e-10) * v
+
+
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, w0: np.ndarray | None = None,
                  max_iter: int = 100, tol: float = 1e-9) -> np.ndarray:
     """Minimises mean log-loss + l2/2 |w|^2 over weights and an unpenalised bias (the
@@ -61,11 +70,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, w0: np.ndarray | None 
     for _ in range(max_iter):
         p = _sigmoid(xb @ w)
         grad = xb.T @ (p - y) / n + penalty * w
-        curvature = p * (1.0 - p) / n
-
-        def hess_vec(v):
-            return xb.T @ (curvature * (xb @ v)) + (penalty + 1e-10) * v
-
+        # Bound now, not looked up later: each Newton step uses its own curvature.
+        hess_vec = functools.partial(_hessian_vector_product, xb, p * (1.0 - p) / n, penalty)
         grad_norm = float(np.sqrt(grad @ grad))
         step = _conjugate_gradient(hess_vec, grad, tol=min(0.5, np.sqrt(grad_norm)),
                                    max_iter=2 * (d + 1))

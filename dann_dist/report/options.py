@@ -1,0 +1,80 @@
+"""What a report is asked for: its options, their checks, and the rows it knows."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from dann_dist import cli
+from dann_dist.report import selection
+
+ORDER = ("source_only", "dann", "target_only")
+NAMES = {"source_only": "source only", "dann": "DANN", "target_only": "train on target"}
+# Target (MNIST-M) test accuracy reported by Ganin et al., JMLR 2016 (MNIST -> MNIST-M).
+PAPER_TARGET_ACCURACY = {"source_only": 0.5225, "dann": 0.7666, "target_only": 0.9596}
+ANALYSED = ("source_only", "dann")  # proxy A-distance and feature plots
+OWNED_TRAIN_FLAGS = ("model_dir", "adaptation", "seed")
+FILES = {"markdown": "report.md", "json": "report.json", "curves": "curves.png",
+         "features": "features.png", "tensorboard": "tensorboard"}
+TRAIN_LOG = "train.log"
+SCALING_FLAGFILE = "configs/scaling/b{batch_size}.cfg"
+TIME_TO_ACCURACY = 0.80
+
+
+class ReportError(Exception):
+    def __init__(self, message: str, exit_code: int = cli.EXIT_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NoFinishedRunError(ReportError):
+    """A report directory without one finished run (a scaling report lists it as missing)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+    report_dir: str
+    seeds: int = 3
+    adaptations: tuple[str, ...] = ORDER
+    train_flagfile: str = "configs/mnist_mnistm.cfg"
+    train_command: str = ""  # "" -> this interpreter, -m dann_dist.train
+    train_flags: tuple[str, ...] = ()
+    collect_only: bool = False
+    jobs: int = 1
+    pad_examples: int = 2000
+    entropy_guard: float = selection.DEFAULT_GUARD
+    batch_sizes: tuple[int, ...] = ()  # () -> the ordinary report, else the scaling table
+    scaling_flagfile: str = SCALING_FLAGFILE
+    time_to_accuracy: float = TIME_TO_ACCURACY
+
+
+def _check_train_flags(options: ReportOptions) -> None:
+    for arg in options.train_flags:
+        name = arg.lstrip("-").split("=", 1)[0]
+        if name in OWNED_TRAIN_FLAGS:
+            raise ReportError(f"trainer flag {arg}: the report sets --{name} for each run.",
+                              cli.EXIT_USAGE)
+
+
+def _check_report_dir(report_dir: str) -> None:
+    existing = os.path.abspath(report_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise ReportError(f"--report_dir={report_dir}: {existing} is not a writable "
+                          "directory.", cli.EXIT_USAGE)
+
+
+def check_options(options: ReportOptions) -> None:
+    bad = [a for a in options.adaptations if a not in ORDER]
+    if bad or not options.adaptations:
+        raise ReportError(f"--adaptations={','.join(options.adaptations)}: choose among "
+                          f"{', '.join(ORDER)}.", cli.EXIT_USAGE)
+    if options.seeds < 1 or options.jobs < 1 or options.pad_examples < 0:
+        raise ReportError("--seeds and --jobs must be >= 1, --pad_examples >= 0.", cli.EXIT_USAGE)
+    _check_train_flags(options)
+    if (options.train_flagfile and not options.collect_only
+            and not os.path.isfile(options.train_flagfile)):
+        raise ReportError(f"--train_flagfile={options.train_flagfile}: no such file (paths are "
+                          f"relative to {os.getcwd()}).", cli.EXIT_USAGE)
+    _check_report_dir(options.report_dir)
