@@ -13,6 +13,7 @@ import json
 import os
 from typing import Callable
 
+import keras
 import tensorflow as tf
 
 from dann_dist.config import Config, ConfigError
@@ -76,6 +77,16 @@ class Backend:
         """Makes every replica start from the chief's values (no-op when variables are
         created mirrored or there is one process)."""
 
+    def train(self, variables: list, loop: Callable[[], int], on_enter: Callable[[], None]) -> int:
+        """Runs loop() with every replica starting from the chief's `variables`; returns
+        its result. on_enter is the reset hook of backends that re-enter the loop after
+        a failure (elastic Horovod); it runs before each entry there, and never here."""
+        self.broadcast_initial_state(variables)
+        return loop()
+
+    def after_step(self, step: int) -> None:
+        """Called after every training step (elastic Horovod commits its state here)."""
+
     def checkpoint_dir(self, model_dir: str) -> str:
         return model_dir
 
@@ -120,7 +131,8 @@ class TfDistribute(Backend):
             self.num_pipelines = max(1, len(workers) + len(chiefs))
             self.pipeline_index = task_id + (len(chiefs) if task_type == "worker" else 0)
             # The chief writes; with no explicit chief task, worker 0 is the chief.
-            self.is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not chiefs)
+            self.is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0
+                                                     and not chiefs)
             self._task = (task_type, task_id)
         self.replicas_per_pipeline = self.num_replicas // self.num_pipelines
 
@@ -161,9 +173,7 @@ class TfDistribute(Backend):
         MirroredStrategy needs nothing: its one process restores every replica."""
         if self.name != "multi_worker" or self.num_pipelines == 1:
             return
-        import keras
-
-        tf_vars = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+        tf_vars = tf_variables(variables)
         chief, local_replicas = self.is_chief, self.replicas_per_pipeline
 
         def replica_fn():
@@ -210,9 +220,12 @@ class TfDistribute(Backend):
 class Horovod(Backend):
     name = "horovod"
 
-    def __init__(self, hvd, reason: str):
+    def __init__(self, hvd, reason: str, commit_every: int = 0):
+        """commit_every > 0: elastic (--elastic), committing the state every that many steps."""
         self.hvd = hvd
         self.reason = reason
+        self.commit_every = commit_every
+        self._elastic_state = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -231,11 +244,10 @@ class Horovod(Backend):
         Horovod's TensorFlowState is not used: under eager TF 2 it broadcasts the variables
         once, in its constructor, and not in sync(), so a process that joins later would
         neither match the others' collectives nor receive their weights."""
-        import keras
         from horovod.common.elastic import ObjectState
 
         hvd = self.hvd
-        tf_vars = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+        tf_vars = tf_variables(variables)
 
         class VariablesState(ObjectState):
             def __init__(self):
@@ -263,6 +275,23 @@ class Horovod(Backend):
         state = VariablesState()
         state.register_reset_callbacks([self.refresh])
         return state
+
+    def train(self, variables, loop, on_enter):
+        if not self.commit_every:
+            return super().train(variables, loop, on_enter)
+        # Its sync, on entering the loop, gives every process rank 0's state.
+        self._elastic_state = self.elastic_state(variables)
+
+        def enter_and_loop():
+            on_enter()
+            return loop()
+
+        return self.run_elastic(self._elastic_state, enter_and_loop)
+
+    def after_step(self, step):
+        if self._elastic_state is not None and step % self.commit_every == 0:
+            # Every process commits at the same steps (commit is a collective).
+            self._elastic_state.commit()
 
     def run_elastic(self, state, fn: Callable):
         """Runs fn() as hvd.elastic.run does: when a process fails (a collective raises) or
@@ -305,11 +334,7 @@ class Horovod(Backend):
         return self.hvd.allreduce(value, op=self.hvd.Sum)
 
     def broadcast_initial_state(self, variables):
-        # Keras 3 variables are not tf.Variables; Horovod needs the underlying ones.
-        import keras
-
-        self.hvd.broadcast_variables(
-            [v.value if isinstance(v, keras.Variable) else v for v in variables], root_rank=0)
+        self.hvd.broadcast_variables(tf_variables(variables), root_rank=0)
 
     def barrier(self):
         self.hvd.allreduce(tf.constant(0.0), op=self.hvd.Sum, name="barrier")
@@ -329,6 +354,12 @@ class Horovod(Backend):
         # Every rank reaches the barrier: the leader after its work, the others before.
         self.barrier()
         return result if leader else fn()
+
+
+def tf_variables(variables: list) -> list:
+    """The tf.Variables under Keras 3 variables: what Horovod's broadcast and the
+    tf.distribute collectives accept (Keras 3 variables are not tf.Variables)."""
+    return [v.value if isinstance(v, keras.Variable) else v for v in variables]
 
 
 def _all_finite(grads: list) -> tf.Tensor:
@@ -407,15 +438,18 @@ def make_backend(config: Config) -> Backend:
             gpu = gpus[hvd.local_rank() % len(gpus)]
             tf.config.experimental.set_memory_growth(gpu, True)
             tf.config.set_visible_devices(gpu, "GPU")
-        return Horovod(hvd, reason)
+        return Horovod(hvd, reason, config.elastic_commit_every if config.elastic else 0)
     if strategy == "mirrored":
-        devices = [d.name.replace("/physical_device:", "/") for d in _gpus()] or None
+        # Logical GPUs: two carved from one physical GPU (scripts/device_check.sh) are two
+        # replicas; the physical list would make them one.
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or None
         if devices is None:
             cpus = tf.config.list_logical_devices("CPU")
             devices = [d.name for d in cpus]
         return TfDistribute(tf.distribute.MirroredStrategy(devices), "mirrored", reason)
     if strategy == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ConfigError("--strategy=multi_worker needs TF_CONFIG (see launch/multi_worker.sh).")
+            raise ConfigError(
+                "--strategy=multi_worker needs TF_CONFIG (see launch/multi_worker.sh).")
         return TfDistribute(tf.distribute.MultiWorkerMirroredStrategy(), "multi_worker", reason)
     return SingleDevice(reason)

@@ -5,7 +5,9 @@
 Uses the newest checkpoint (the final model: selection never looks at target labels).
 Target labels are used only to report target accuracy. The last stdout line is one
 JSON object with source_accuracy, target_accuracy, domain_accuracy, source_loss,
-target_loss, `step` and the checkpoint path.
+target_loss, `step`, `train_steps`, `training_complete` and the checkpoint path. A run
+that has not reached its --train_steps is evaluated all the same (exit 0), with a line
+"training incomplete: step k of N" before the JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from absl import app, flags
 
 from dann_dist import cli, rundir
+from dann_dist.data.flags import DATA_FLAGS
 
 FLAGS = flags.FLAGS
 
@@ -24,17 +27,20 @@ def define_flags() -> None:
     from dann_dist.data import define_flags as define_data_flags
 
     define_data_flags()
-    flags.DEFINE_string("model_dir", None, "A --model_dir written by dann_dist.train.", required=True)
+    flags.DEFINE_string("model_dir", None, "A --model_dir written by dann_dist.train.",
+                        required=True)
     flags.DEFINE_string("checkpoint", "", "A checkpoint path (default: the newest in --model_dir).")
     flags.DEFINE_integer("eval_batch_size", 1000, "Batch of the forward passes.", lower_bound=1)
-    flags.DEFINE_integer("max_test_examples", 0, "Only the first N test images (0: all).", lower_bound=0)
+    flags.DEFINE_integer("max_test_examples", 0, "Only the first N test images (0: all).",
+                         lower_bound=0)
 
 
 def evaluate_run(model_dir: str, checkpoint: str = "", eval_batch_size: int = 1000,
-                 max_test_examples: int = 0, data_overrides: dict | None = None, domains=None) -> dict:
+                 max_test_examples: int = 0, data_overrides: dict | None = None,
+                 domains=None) -> dict:
     from dann_dist import step as step_lib
     from dann_dist.data.load import load_domains
-    from dann_dist.evaluation import make_evaluator
+    from dann_dist.eval_lib import make_evaluator
 
     config, mean, state, path = rundir.restore_run(model_dir, checkpoint)
     config = dataclasses.replace(config, **(data_overrides or {}))
@@ -45,25 +51,37 @@ def evaluate_run(model_dir: str, checkpoint: str = "", eval_batch_size: int = 10
     # The weights the trainer evaluated and exported (the moving average, if any).
     with step_lib.evaluation_weights(state):
         metrics = make_evaluator(state.models)(test_sets, mean, eval_batch_size)
-    metrics.update(step=int(state.step.numpy()), checkpoint=path)
+    step = int(state.step.numpy())
+    metrics.update(step=step, checkpoint=path, train_steps=config.train_steps,
+                   training_complete=step >= config.train_steps)
     return metrics
+
+
+def completion_note(metrics: dict) -> str:
+    """'' for a finished run, else the line that says how far it got."""
+    if metrics["training_complete"]:
+        return ""
+    return (f"training incomplete: step {metrics['step']} of {metrics['train_steps']} "
+            "(rerun dann_dist.train with the same flags to finish it)")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}", cli.EXIT_USAGE)
+    from dann_dist.checkpoints import CheckpointError
     from dann_dist.data import DataError
 
-    overrides = {name: FLAGS[name].value for name in
-                 ("data_dir", "mnist_path", "mnist_download", "mnistm_path", "bsds_path", "mnistm_seed")
-                 if FLAGS[name].present}
+    overrides = {name: FLAGS[name].value for name in DATA_FLAGS if FLAGS[name].present}
     try:
         metrics = evaluate_run(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.eval_batch_size,
                                FLAGS.max_test_examples, overrides)
     except FileNotFoundError as err:
         cli.fail(str(err), cli.EXIT_USAGE)
-    except DataError as err:
+    except (DataError, CheckpointError) as err:
         cli.fail(str(err), cli.EXIT_ERROR)
+    note = completion_note(metrics)
+    if note:
+        print(note)
     for name in ("source_accuracy", "target_accuracy", "domain_accuracy"):
         print(f"{name}: {metrics[name]:.4f}")
     print(json.dumps(metrics, sort_keys=True), flush=True)

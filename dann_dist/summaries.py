@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import numpy as np
 import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
+
+SPLITS = ("train", "eval")
 
 
 class Summaries:
-    def __init__(self, model_dir: str, enabled: bool):
+    def __init__(self, model_dir: str, enabled: bool, resumed_step: int = 0):
+        """resumed_step > 0: the run restarts after that step, and whatever a killed run
+        logged after it is marked stale (see mark_restart)."""
         self.enabled = enabled
+        if enabled and resumed_step > 0:
+            for split in SPLITS:
+                mark_restart(os.path.join(model_dir, split), resumed_step + 1)
         if enabled:
             self.train = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
             self.eval = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
@@ -49,3 +59,25 @@ class Summaries:
         if self.enabled:
             self.train.flush()
             self.eval.flush()
+
+
+def mark_restart(directory: str, first_step: int) -> None:
+    """Writes TensorBoard's restart marker (a SessionLog START event at `first_step`) in an
+    event file of its own, named to sort after the killed run's files and before the new
+    writer's (the same timestamp, then '0' before the pid). TensorBoard then drops every
+    event at or after `first_step` read before the marker: the steps a killed run logged
+    after its last checkpoint are shown once, as the resumed run logs them.
+
+    The START event is written twice: TensorBoard's server takes the first START it
+    sees in a run for the run's beginning and purges only on a later one (TF 2 writers
+    write none); a second purge at the same step changes nothing."""
+    if not os.path.isdir(directory):
+        return
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.0restart.v2"
+    start = event_pb2.Event(wall_time=time.time(), step=first_step,
+                            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+    with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
+        writer.write(event_pb2.Event(wall_time=time.time(),
+                                     file_version="brain.Event:2").SerializeToString())
+        writer.write(start.SerializeToString())
+        writer.write(start.SerializeToString())

@@ -6,8 +6,9 @@
 
 Running the same command again resumes from the newest checkpoint in --model_dir.
 The last stdout line is the final evaluation as JSON. Exit status: 0 done; 1 data or
-runtime error; 2 bad flags; 3 non-finite loss; 128+N stopped by signal N after writing
-a checkpoint (rerun to resume).
+runtime error (unreadable checkpoints, a full disk: the last good checkpoint is kept);
+2 bad flags (also: --model_dir in use by another run, or a resume with flags that change
+what is trained); 3 non-finite loss or weights; 128+N stopped by signal N (rerun to resume).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import json
 
 from absl import app
 
-from dann_dist import cli, config as config_lib
+from dann_dist import cli
+from dann_dist import config as config_lib
 
 
 def main(argv: list[str], domains=None) -> None:
@@ -24,7 +26,7 @@ def main(argv: list[str], domains=None) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; flags are --name=value", cli.EXIT_USAGE)
     # Heavy imports after flag parsing: --help and flag errors stay instant.
-    from dann_dist import distribute, trainer
+    from dann_dist import checkpoints, distribute, trainer
     from dann_dist.data import DataError
 
     try:
@@ -32,12 +34,12 @@ def main(argv: list[str], domains=None) -> None:
         metrics = trainer.train_and_evaluate(config, domains)
     except config_lib.ConfigError as err:
         cli.fail(str(err), cli.EXIT_USAGE)
-    except (DataError, distribute.InconsistentProcessesError) as err:
+    except (DataError, distribute.InconsistentProcessesError, checkpoints.CheckpointError) as err:
         cli.fail(str(err), cli.EXIT_ERROR)
     except trainer.NonFiniteLossError as err:
         cli.fail(str(err), cli.EXIT_NONFINITE)
     except trainer.StopRequested as stop:
-        cli.fail(f"{stop}; checkpoint written, rerun the same command to resume", stop.exit_code)
+        cli.fail(f"{stop}; rerun the same command to resume", stop.exit_code)
     print(json.dumps(metrics, sort_keys=True), flush=True)
 
 

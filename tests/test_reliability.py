@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from dann_dist import trainer
+
 from distributed_helpers import ROOT, env, horovodrun, json_lines, run, synthetic
 from synthetic import tiny_config
 
@@ -44,7 +45,8 @@ def test_kill_9_then_rerun_resumes_and_ends_bit_identical_to_an_uninterrupted_ru
     assert tf.train.latest_checkpoint(str(tmp_path / "killed")).endswith("ckpt-20")
     resumed = run([sys.executable] + synthetic(tmp_path / "killed", *flags))
     assert "resumed from" in resumed.stderr and "at step 20" in resumed.stderr
-    assert json_lines(resumed.stdout)[-1]["weights_digest"] == json_lines(straight.stdout)[-1]["weights_digest"]
+    digests = [json_lines(p.stdout)[-1]["weights_digest"] for p in (resumed, straight)]
+    assert digests[0] == digests[1]
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -64,7 +66,8 @@ def test_signal_writes_a_checkpoint_and_exits_with_128_plus_signal(tmp_path, sig
 def test_sigterm_to_one_horovod_rank_stops_all_ranks_at_the_same_step(tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    proc = _start(horovodrun(2, synthetic(tmp_path / "run", "--strategy=horovod", "--train_steps=100000",
+    proc = _start(horovodrun(2, synthetic(tmp_path / "run", "--strategy=horovod",
+                                          "--train_steps=100000",
                                           "--log_every=5", "--checkpoint_every=100000",
                                           f"--pid_dir={pid_dir}")))
     _wait_for(proc, "step 10/")
@@ -72,7 +75,8 @@ def test_sigterm_to_one_horovod_rank_stops_all_ranks_at_the_same_step(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
     stops = {line[:3]: int(re.search(r"stop requested at step (\d+)", line).group(1))
-             for line in out.splitlines() if "process " in line and "stop requested at step" in line}
+             for line in out.splitlines()
+             if "process " in line and "stop requested at step" in line}
     assert set(stops) == {"[0]", "[1]"}, out[-3000:]
     stopped_at = stops["[0]"]
     assert stops["[1]"] == stopped_at, "ranks stopped at different steps"
@@ -81,29 +85,73 @@ def test_sigterm_to_one_horovod_rank_stops_all_ranks_at_the_same_step(tmp_path):
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, domains, caplog):
     caplog.set_level("INFO")
-    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5, export=False), domains=domains)
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5,
+                                           export=False), domains=domains)
     data_file = next(p for p in os.listdir(tmp_path) if p.startswith("ckpt-10.data"))
     with open(tmp_path / data_file, "r+b") as f:
         f.truncate(100)
-    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=12, checkpoint_every=5),
-                                         domains=domains)
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=12, checkpoint_every=5,
+                                                     allow_config_change=True), domains=domains)
     assert metrics["step"] == 12 and metrics["resumed_from_step"] == 5
     assert "ckpt-10 is unreadable" in caplog.text
 
 
 def test_a_crash_mid_write_leaves_the_previous_checkpoint_in_use(tmp_path, domains):
-    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5, export=False), domains=domains)
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5,
+                                           export=False), domains=domains)
     # What a crash while writing ckpt-15 leaves: partial files, index not yet updated.
     (tmp_path / "ckpt-15.index").write_bytes(b"\x00" * 10)
     (tmp_path / "ckpt-15.data-00000-of-00001").write_bytes(b"\x00" * 10)
-    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=11), domains=domains)
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=11,
+                                                     allow_config_change=True), domains=domains)
     assert metrics["step"] == 11 and metrics["resumed_from_step"] == 10
+
+
+def test_a_second_run_on_a_locked_model_dir_exits_2_naming_the_holder(tmp_path):
+    first = _start([sys.executable] + synthetic(tmp_path, "--train_steps=100000", "--log_every=5",
+                                                "--checkpoint_every=100000"))
+    try:
+        _wait_for(first, "step 5/")
+        second = run([sys.executable] + synthetic(tmp_path, "--train_steps=7"), check=False)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"in use by pid {first.pid} on host" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=30)
+    assert first.returncode == 143
+    # Released on the way out: a rerun takes the directory and resumes (the test hook
+    # then stops it after one step).
+    assert not (tmp_path / "lock").exists()
+    stopped_at = int(re.search(r"stop requested at step (\d+)", out).group(1))
+    again = run([sys.executable] + synthetic(tmp_path, "--train_steps=100000", "--log_every=5",
+                                             "--checkpoint_every=100000",
+                                             f"--debug_nan_step={stopped_at + 1}"), check=False)
+    assert again.returncode == 3 and f"at step {stopped_at}" in again.stderr
+
+
+def _files(directory):
+    return {n: (directory / n).read_bytes() for n in os.listdir(directory)
+            if (directory / n).is_file()}
+
+
+def test_unreadable_checkpoints_exit_1_with_a_message_and_nothing_overwritten(tmp_path):
+    run([sys.executable] + synthetic(tmp_path))
+    for name in os.listdir(tmp_path):
+        if name.startswith("ckpt-") and ".data" in name:
+            with open(tmp_path / name, "r+b") as f:
+                f.truncate(100)
+    before = _files(tmp_path)
+    proc = run([sys.executable] + synthetic(tmp_path), check=False)
+    assert proc.returncode == 1
+    assert "error: none of the checkpoints" in proc.stderr and "Traceback" not in proc.stderr
+    assert _files(tmp_path) == before
 
 
 def test_nan_loss_exits_3_with_the_step(tmp_path):
     proc = run([sys.executable] + synthetic(tmp_path, "--debug_nan_step=4"), check=False)
     assert proc.returncode == 3
-    assert "non-finite loss at step 5" in proc.stderr
+    assert "non-finite loss at step 4" in proc.stderr and "ckpt-3, is kept" in proc.stderr
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
 
 
@@ -119,6 +167,8 @@ def test_nan_loss_exits_3_with_the_step(tmp_path):
     (["--warmup_fraction=2"], "--warmup_fraction=2.0"),
     (["--flagfile=/nonexistent/x.cfg"], "x.cfg"),
     (["--model_dir={tmp}/a_file/run"], "is not a directory"),
+    (["--model_dir=/proc/dann_run"], "--model_dir=/proc/dann_run: cannot write there"),
+    (["--model_dir=/sys/dann_run"], "--model_dir=/sys/dann_run: cannot write there"),
     (["--mnist_path=/nonexistent/mnist.npz"], "no such file"),
     (["--strategy=horovod"], "horovodrun"),
     (["--strategy=mirrored", "--logical_cpus=2", "--batch_size=15"], "not divisible"),

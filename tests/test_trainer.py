@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
 
 from dann_dist import trainer
+
 from synthetic import tiny_config
 
 
@@ -23,9 +24,11 @@ def _series(acc, tag):
 
 
 def test_one_step_smoke(tmp_path, domains):
-    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=1, log_every=1), domains=domains)
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=1, log_every=1),
+                                         domains=domains)
     assert metrics["step"] == 1
-    for key in ("source_accuracy", "target_accuracy", "domain_accuracy", "source_loss", "target_loss"):
+    for key in ("source_accuracy", "target_accuracy", "domain_accuracy", "source_loss",
+                "target_loss"):
         assert np.isfinite(metrics[key])
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-1")
     assert json.load(open(tmp_path / "metrics.json"))["step"] == 1
@@ -60,11 +63,14 @@ def test_hparams_are_recorded(tmp_path, domains):
 
 
 def test_second_run_resumes_at_the_saved_step(tmp_path, domains):
-    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5), domains=domains)
-    resumed = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=15, checkpoint_every=5),
-                                         domains=domains)
-    assert resumed["step"] == 15
-    steps = sorted(int(p.split("-")[-1]) for p in tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths)
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5),
+                               domains=domains)
+    # A longer run is a deliberate change of the schedule: it needs the override.
+    resumed = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=15, checkpoint_every=5,
+                                                     allow_config_change=True), domains=domains)
+    assert resumed["step"] == 15 and resumed["resumed_from_step"] == 10
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    steps = sorted(int(p.split("-")[-1]) for p in state.all_model_checkpoint_paths)
     assert steps == [5, 10, 15]
     # The resumed run logged only its own steps (11..15), not a restart from 0.
     train_steps = [e.step for e in _scalars(str(tmp_path / "train")).Tensors("label_loss")]
@@ -103,7 +109,8 @@ def test_flipped_labels_and_bn_heads_train(tmp_path, domains):
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, domains):
     config = tiny_config(tmp_path, train_steps=20, checkpoint_every=5, debug_nan_step=7)
-    with pytest.raises(trainer.NonFiniteLossError, match="step 8"):
+    # The hook makes the loss of optimizer step 7 NaN; the guard names that step.
+    with pytest.raises(trainer.NonFiniteLossError, match=r"loss at step 7:.*ckpt-5, is kept"):
         trainer.train_and_evaluate(config, domains=domains)
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-5")
     reader = tf.train.load_checkpoint(str(tmp_path))
@@ -115,21 +122,25 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, domai
 
 def test_weight_averaging_changes_what_is_evaluated_but_not_training(tmp_path, domains):
     raw = trainer.train_and_evaluate(tiny_config(tmp_path / "raw", train_steps=12), domains=domains)
-    ema = trainer.train_and_evaluate(tiny_config(tmp_path / "ema", train_steps=12, ema_momentum=0.9),
+    ema = trainer.train_and_evaluate(tiny_config(tmp_path / "ema", train_steps=12,
+                                                 ema_momentum=0.9),
                                      domains=domains)
     assert ema["weights_digest"] == raw["weights_digest"], "averaging leaked into training"
     assert ema["source_loss"] != raw["source_loss"]
     exported = tf.saved_model.load(str(tmp_path / "ema" / "export"))
     source = domains[0]
-    accuracy = np.mean(exported.serve(tf.constant(source.x_test)).numpy().argmax(1) == source.y_test)
+    predicted = exported.serve(tf.constant(source.x_test)).numpy().argmax(1)
+    accuracy = np.mean(predicted == source.y_test)
     assert accuracy == pytest.approx(ema["source_accuracy"], abs=1e-9)
 
 
 def test_mixed_float16_trains_with_a_dynamic_loss_scale(tmp_path, domains):
-    from dann_dist import step as step_lib
     import keras
 
-    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=4, precision="mixed_float16"),
+    from dann_dist import step as step_lib
+
+    metrics = trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=4,
+                                                     precision="mixed_float16"),
                                          domains=domains)
     keras.mixed_precision.set_global_policy("float32")
     assert np.isfinite(metrics["source_loss"])
@@ -174,10 +185,12 @@ def test_auto_precision_picks_bfloat16_only_on_cpus_that_compute_it(tmp_path, fl
 
 
 def test_auto_precision_is_resolved_and_recorded(tmp_path, domains):
-    from dann_dist import distribute
     import keras
 
-    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=2, precision="auto"), domains=domains)
+    from dann_dist import distribute
+
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=2, precision="auto"),
+                               domains=domains)
     keras.mixed_precision.set_global_policy("float32")
     recorded = json.loads((tmp_path / "run.json").read_text())["config"]["precision"]
     assert recorded == distribute.resolve_precision("auto")[0] != "auto"
@@ -187,16 +200,101 @@ def test_auto_precision_is_resolved_and_recorded(tmp_path, domains):
 def test_evaluate_command_reproduces_the_trainers_final_metrics(tmp_path, domains, precision):
     # Rebuilt in the run's precision with the averaged weights, a re-evaluation must give
     # what the trainer reported, whatever policy the calling process has.
-    from dann_dist import evaluate
     import keras
+
+    from dann_dist import evaluate
 
     config = tiny_config(tmp_path, train_steps=8, ema_momentum=0.9, precision=precision)
     final = trainer.train_and_evaluate(config, domains=domains)
     keras.mixed_precision.set_global_policy("float32")
-    again = evaluate.evaluate_run(str(tmp_path), domains=domains, eval_batch_size=config.eval_batch_size)
+    again = evaluate.evaluate_run(str(tmp_path), domains=domains,
+                                  eval_batch_size=config.eval_batch_size)
     assert keras.mixed_precision.global_policy().name == "float32"
     assert again["step"] == 8
     for name in ("source_accuracy", "target_accuracy", "domain_accuracy"):
         assert again[name] == final[name], name
     for name in ("source_loss", "target_loss"):
         assert again[name] == pytest.approx(final[name], rel=1e-6), name
+
+
+def _poison_weights_after(monkeypatch, at_step):
+    """The train step leaves a NaN weight after step `at_step` (its loss was finite)."""
+    from dann_dist import step as step_lib
+
+    real = step_lib.make_train_step
+
+    def make_train_step(state, config, backend):
+        train_step = real(state, config, backend)
+
+        def poisoned(iterator, stop):
+            out = train_step(iterator, stop)
+            if int(state.step.numpy()) == at_step:
+                weight = state.models.discriminator.trainable_variables[0]
+                weight.assign(np.full(weight.shape, np.nan, np.float32))
+            return out
+        return poisoned
+
+    monkeypatch.setattr(step_lib, "make_train_step", make_train_step)
+
+
+@pytest.mark.parametrize("checkpoint_every, log_every, kept", [
+    (5, 100, "no checkpoint had been written yet"),   # caught before the save at step 5
+    (3, 5, "ckpt-3, is kept"),                        # caught at the progress line of step 5
+])
+def test_non_finite_weights_stop_the_run_before_they_are_saved(tmp_path, domains, monkeypatch,
+                                                                checkpoint_every, log_every, kept):
+    _poison_weights_after(monkeypatch, at_step=5)
+    config = tiny_config(tmp_path, train_steps=20, checkpoint_every=checkpoint_every,
+                         log_every=log_every)
+    with pytest.raises(trainer.NonFiniteLossError, match=rf"non-finite weights at step 5 .*{kept}"):
+        trainer.train_and_evaluate(config, domains=domains)
+    latest = tf.train.latest_checkpoint(str(tmp_path))
+    assert (latest is None) if checkpoint_every == 5 else latest.endswith("ckpt-3")
+    assert not (tmp_path / "lock").exists(), "the run directory stayed locked"
+
+
+def _roll_back_to(model_dir, step):
+    """What a kill after checkpoint `step` leaves: later checkpoints never indexed."""
+    for name in os.listdir(model_dir):
+        if name.startswith("ckpt-") and int(name.split("-")[1].split(".")[0]) > step:
+            os.unlink(model_dir / name)
+    prefix = str(model_dir / f"ckpt-{step}")
+    tf.compat.v1.train.update_checkpoint_state(
+        str(model_dir), prefix, all_model_checkpoint_paths=[prefix],
+        all_model_checkpoint_timestamps=[os.path.getmtime(prefix + ".index")])
+
+
+def test_tensorboard_shows_each_train_step_once_after_a_resume(tmp_path, domains):
+    config = tiny_config(tmp_path, train_steps=8, checkpoint_every=5, log_every=1, export=False)
+    trainer.train_and_evaluate(config, domains=domains)
+    _roll_back_to(tmp_path, 5)      # steps 6-8 were logged, then the run was killed
+    resumed = trainer.train_and_evaluate(config, domains=domains)
+    assert resumed["resumed_from_step"] == 5
+    # What TensorBoard's server reads with (the legacy EventAccumulator of _scalars does
+    # not apply restart markers to tensor summaries).
+    shown = plugin_event_accumulator.EventAccumulator(str(tmp_path / "train"))
+    shown.Reload()
+    assert [e.step for e in shown.Tensors("label_loss")] == list(range(1, 9))
+
+
+def test_an_evaluation_interrupted_by_a_kill_is_redone_on_resume(tmp_path, domains):
+    config = tiny_config(tmp_path, train_steps=10, checkpoint_every=5, eval_every=5, export=False)
+    trainer.train_and_evaluate(config, domains=domains)
+    _roll_back_to(tmp_path, 5)      # killed while evaluating step 5: no line for it
+    os.unlink(tmp_path / "eval_history.jsonl")
+    assert trainer.train_and_evaluate(config, domains=domains)["resumed_from_step"] == 5
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "eval_history.jsonl")]
+    assert steps == [5, 10]
+
+
+def test_evaluate_says_when_training_is_incomplete(tmp_path, domains):
+    from dann_dist import evaluate
+
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5,
+                                           export=False), domains=domains)
+    half = evaluate.evaluate_run(str(tmp_path), checkpoint=str(tmp_path / "ckpt-5"),
+                                 domains=domains)
+    assert half["step"] == 5 and half["train_steps"] == 10 and not half["training_complete"]
+    assert evaluate.completion_note(half).startswith("training incomplete: step 5 of 10")
+    done = evaluate.evaluate_run(str(tmp_path), domains=domains)
+    assert done["training_complete"] and evaluate.completion_note(done) == ""

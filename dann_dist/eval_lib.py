@@ -1,4 +1,6 @@
-"""Batched evaluation: label accuracy and loss per labelled set, the discriminator's
+"""The evaluation library (the `dann_dist.evaluate` command runs it on a trained run).
+
+Batched evaluation: label accuracy and loss per labelled set, the discriminator's
 domain accuracy (sigmoid probability, threshold 0.5) on both test sets, and the mean
 prediction entropy on unlabelled target images (a label-free selection criterion).
 Target labels are used here for reporting only, never for training or selection."""
@@ -19,11 +21,13 @@ def make_evaluator(models: DannModels):
         features = models.extractor(to_model_input(images, mean), training=False)
         logits = tf.cast(models.classifier(features, training=False), tf.float32)
         loss = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32)
+        predicted = tf.argmax(logits, -1, output_type=labels.dtype)
+        correct = tf.cast(tf.equal(predicted, labels), tf.float32)
         probs = tf.nn.softmax(logits)
         entropy = -tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1)
         domain_prob = tf.sigmoid(models.discriminator(features, training=False))[:, 0]
-        domain_correct = tf.cast(tf.equal(tf.cast(domain_prob > 0.5, tf.float32), domain_label), tf.float32)
+        domain_correct = tf.cast(
+            tf.equal(tf.cast(domain_prob > 0.5, tf.float32), domain_label), tf.float32)
         return tf.stack([tf.reduce_sum(loss), tf.reduce_sum(correct), tf.reduce_sum(domain_correct),
                          tf.reduce_sum(entropy)])
 
@@ -46,14 +50,16 @@ def make_evaluator(models: DannModels):
             out += sums(x, y, tf.constant(domain_label), mean).numpy()
         return out / len(images)
 
-    def evaluate(test_sets: dict, mean, batch_size: int, source_val=None, target_unlabelled=None) -> dict:
+    def evaluate(test_sets: dict, mean, batch_size: int, source_val=None,
+                 target_unlabelled=None) -> dict:
         """test_sets: {"source": (x, y), "target": (x, y)} uint8 images, int labels.
         source_val: (x, y) held-out source images; target_unlabelled: target images."""
         out = {}
         domain = []
         for name, domain_label in (("source", SOURCE), ("target", TARGET)):
             images, labels = test_sets[name]
-            loss, accuracy, domain_accuracy, _ = totals(images, labels, domain_label, mean, batch_size)
+            loss, accuracy, domain_accuracy, _ = totals(images, labels, domain_label, mean,
+                                                        batch_size)
             out.update({f"{name}_loss": loss, f"{name}_accuracy": accuracy})
             domain.append((domain_accuracy, len(labels)))
         out["domain_accuracy"] = sum(a * n for a, n in domain) / sum(n for _, n in domain)
