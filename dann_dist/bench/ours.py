@@ -1,0 +1,127 @@
+"""Our side: each configuration built from the package's real code (models, state, the
+backend's input iterator, the train step, the evaluator) and warmed up."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from dann_dist import step as step_lib
+from dann_dist.bench.flops import analytic_flops
+from dann_dist.config import Config
+from dann_dist.data.pipeline import train_dataset
+from dann_dist.distribute import Backend
+from dann_dist.eval_lib import make_evaluator
+from dann_dist.models import build_models
+
+
+def _private_threads(dataset: tf.data.Dataset, threads: int) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    return dataset.with_options(options)
+
+
+def make_dataset_fn(arrays: tuple, mean: np.ndarray, per_replica: int, seed: int,
+                    data_threads: int) -> Callable[[int, int, int], tf.data.Dataset]:
+    """The backend's dataset_fn(pipeline index, pipelines, replicas per pipeline) over
+    the package's train_dataset (0 data_threads: tf.data's shared pool)."""
+    source_x, source_y, target_x = arrays
+
+    def dataset_fn(index: int, count: int, replicas: int) -> tf.data.Dataset:
+        dataset = train_dataset(source_x, source_y, target_x, mean=mean,
+                                per_replica_batch=per_replica, seed=seed,
+                                replicas_per_pipeline=replicas, pipeline_index=index,
+                                num_pipelines=count)
+        return _private_threads(dataset, data_threads) if data_threads else dataset
+
+    return dataset_fn
+
+
+def repeat_step(step: Callable, times: int) -> Callable:
+    """The experiment behind --steps_per_call: the same step, `times` times per call."""
+    @tf.function
+    def several_steps(iterator, stop):
+        sums, lam, votes = step(iterator, stop)
+        for _ in tf.range(times - 1):
+            sums, lam, votes = step(iterator, stop)
+        return sums, lam, votes
+
+    return several_steps
+
+
+class Ours:
+    """One configuration of the package: models, state, backend iterator, step, evaluator."""
+
+    def __init__(self, name: str, config: Config, backend: Backend, arrays: tuple,
+                 mean: np.ndarray, data_threads: int, steps_per_call: int):
+        self.name, self.config, self.backend = name, config, backend
+        self.per_replica = backend.per_replica_batch(config.batch_size)
+        with backend.scope():
+            self.models = build_models(config.classifier_head, config.discriminator_head,
+                                       config.sync_batchnorm)
+            self.state = step_lib.create_state(self.models, config)
+        backend.broadcast_initial_state(self.state.all_variables() + [self.state.step])
+        self.dataset_fn = make_dataset_fn(arrays, mean, self.per_replica, config.seed,
+                                          data_threads)
+        self.iterator = backend.distribute(self.dataset_fn)
+        self.steps_per_call = steps_per_call
+        step = step_lib.make_train_step(self.state, config, backend)
+        self.train_step = step if steps_per_call == 1 else repeat_step(step, steps_per_call)
+        self.stop = tf.constant(0.0)
+        self.evaluate = make_evaluator(self.models)
+        # Images one process handles per step: its replicas' share of both domains.
+        self.process_batch = self.per_replica * backend.replicas_per_pipeline
+        self.flops = analytic_flops(self.models, self.process_batch)
+
+    def run_steps(self, steps: int) -> float:
+        """Runs about `steps` steps; returns steps per second."""
+        calls = max(1, round(steps / self.steps_per_call))
+        start = time.perf_counter()
+        for _ in range(calls):
+            sums, _, _ = self.train_step(self.iterator, self.stop)
+        sums.numpy()
+        return calls * self.steps_per_call / (time.perf_counter() - start)
+
+    def pipeline_rate(self, batches: int) -> float:
+        """Per-replica batches per second that this process's input pipeline yields alone
+        (drawn inside one tf.function, so Python does not limit the rate)."""
+        backend = self.backend
+        dataset = self.dataset_fn(backend.pipeline_index, backend.num_pipelines,
+                                  backend.replicas_per_pipeline)
+        iterator = iter(dataset)
+
+        @tf.function
+        def drain(n):
+            count = tf.constant(0, tf.int32)
+            for _ in tf.range(n):
+                batch = next(iterator)
+                count += tf.shape(batch["source_labels"])[0]
+            return count
+
+        drain(tf.constant(10)).numpy()
+        start = time.perf_counter()
+        drain(tf.constant(batches)).numpy()
+        return batches / (time.perf_counter() - start)
+
+
+def build_ours(configs: dict[str, Config], backend: Backend, arrays: tuple, mean: np.ndarray,
+               settings, say) -> tuple[dict[str, Ours], dict[str, str]]:
+    """Builds and warms up each configuration: ({name: Ours}, {name: why it failed}). A
+    configuration the package cannot run in this setting (the same on every rank) is
+    reported and left out, and the others are still timed."""
+    ours, failed = {}, {}
+    for name, config in configs.items():
+        try:
+            candidate = Ours(name, config, backend, arrays, mean, settings.data_threads,
+                             settings.steps_per_call)
+            candidate.run_steps(settings.warmup_steps)
+        except (TypeError, ValueError, tf.errors.OpError) as err:
+            failed[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
+            say(f"train [{name}]: FAILED under precision={config.precision} "
+                f"XLA={settings.jit_compile}: {failed[name]}", everyone=say.every_rank)
+            continue
+        ours[name] = candidate
+    return ours, failed
