@@ -10,11 +10,18 @@
 #               e.g. DANN_TRAIN_CMD="python tests/run_synthetic.py".
 # Provides:
 #   run_or_print CMD...   runs CMD (exec), or prints it when DRY_RUN=1
+#   run_ranks_or_print CMD...
+#                         for multi-process launchers (horovodrun, mpirun) whose trainer
+#                         command starts with "$RANK_EXIT": runs CMD and exits with the
+#                         ranks' common status instead of CMD's own (launch/_ranks.sh), or
+#                         prints CMD when DRY_RUN=1
 #   is_uint STR           true when STR is a non-negative integer
 #   gpu_count             number of NVIDIA GPUs on this host (0 without nvidia-smi)
 #   die MSG               prints to stderr and exits 2
 
 DANN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=launch/_ranks.sh
+source "$DANN_ROOT/launch/_ranks.sh"
 export PYTHONPATH="${DANN_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 
 die() {
@@ -83,4 +90,9 @@ run_or_print() {
         exit 0
     fi
     exec "$@"
+}
+
+run_ranks_or_print() {
+    [[ "${DRY_RUN:-0}" == 1 ]] && run_or_print "$@"
+    run_ranks "$@"
 }

@@ -9,7 +9,10 @@
 # It runs:
 #   horovodrun -np NP --min-np MIN_NP --max-np MAX_NP --host-discovery-script DISCOVERY \
 #       --elastic-timeout ELASTIC_TIMEOUT [--reset-limit N] [--blacklist-cooldown-range LO HI] \
-#       --gloo $HOROVODRUN_ARGS <python> -m dann_dist.train --elastic [flags]
+#       --gloo $HOROVODRUN_ARGS launch/_rank_exit.sh <python> -m dann_dist.train --elastic [flags]
+# and exits 0 when horovodrun does (workers may have died on the way), else with the status
+# of the first worker that failed, not horovodrun's 1 (see launch/_ranks.sh;
+# RANK_STATUS_ROOT as in launch/horovod_hosts.sh).
 #
 # What happens: every --elastic_commit_every steps each worker copies the whole training
 # state (the three models, their optimizers, the step; the step is also the input
@@ -39,7 +42,8 @@
 #   COOLDOWN           "LO HI": a blacklisted host may return after LO..HI seconds
 #                      (default: never)
 #   IFACE, SSH_PORT, SSH_IDENTITY_FILE   as in launch/horovod_hosts.sh
-#   HOROVODRUN, HOROVODRUN_ARGS, DANN_TRAIN_CMD, PYTHON   as in launch/horovod_local.sh
+#   HOROVODRUN, HOROVODRUN_ARGS, RANK_STATUS_ROOT, DANN_TRAIN_CMD, PYTHON
+#                      as in launch/horovod_local.sh
 #   DRY_RUN=1          print the command instead of running it
 # Needs: Horovod built with TensorFlow and Gloo (`make setup` does it).
 
@@ -85,4 +89,5 @@ read -r -a extra <<<"${HOROVODRUN_ARGS:-}"
 flags=("$@")
 [[ " ${flags[*]-} " == *" --elastic "* ]] || flags=(--elastic ${flags[@]+"${flags[@]}"})
 
-run_or_print "${HOROVODRUN:-horovodrun}" "${opts[@]}" ${extra[@]+"${extra[@]}"} "${TRAIN_CMD[@]}" "${flags[@]}"
+run_ranks_or_print "${HOROVODRUN:-horovodrun}" "${opts[@]}" ${extra[@]+"${extra[@]}"} \
+    "$RANK_EXIT" "${TRAIN_CMD[@]}" "${flags[@]}"

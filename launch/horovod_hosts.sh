@@ -10,7 +10,12 @@
 # the first host and is the chief: it alone writes --model_dir.
 # It runs:
 #   horovodrun -np NP -H HOSTS --gloo [--network-interface IFACE] $HOROVODRUN_ARGS \
-#       <python> -m dann_dist.train [flags]
+#       launch/_rank_exit.sh <python> -m dann_dist.train [flags]
+# and exits with the ranks' status, not horovodrun's 1 (see launch/horovod_local.sh and
+# launch/_ranks.sh). The ranks write it to a directory under RANK_STATUS_ROOT (default
+# $TMPDIR, else /tmp) of the launching host: set RANK_STATUS_ROOT to a directory on a
+# shared filesystem so that the other hosts' ranks count too; otherwise only the
+# launching host's ranks do (they fail or stop like the others in most cases).
 #
 # What every host needs:
 #   - passwordless ssh from the launching host (`ssh host2 true` must work without a
@@ -32,7 +37,8 @@
 # exports the launching environment (NCCL_*, TF_*, PYTHONPATH) to every rank.
 #
 # Environment: HOSTS (required), NP, IFACE, SSH_PORT, SSH_IDENTITY_FILE, HOROVODRUN,
-# HOROVODRUN_ARGS, DANN_TRAIN_CMD, PYTHON, DRY_RUN=1 (print the command only).
+# HOROVODRUN_ARGS, RANK_STATUS_ROOT, DANN_TRAIN_CMD, PYTHON, DRY_RUN=1 (print the command
+# only).
 
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -54,4 +60,5 @@ opts=(-np "$NP" -H "$HOSTS" --gloo)
 [[ -n "${SSH_IDENTITY_FILE:-}" ]] && opts+=(-i "$SSH_IDENTITY_FILE")
 read -r -a extra <<<"${HOROVODRUN_ARGS:-}"
 
-run_or_print "${HOROVODRUN:-horovodrun}" "${opts[@]}" ${extra[@]+"${extra[@]}"} "${TRAIN_CMD[@]}" "$@"
+run_ranks_or_print "${HOROVODRUN:-horovodrun}" "${opts[@]}" ${extra[@]+"${extra[@]}"} \
+    "$RANK_EXIT" "${TRAIN_CMD[@]}" "$@"

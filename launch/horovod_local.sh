@@ -10,7 +10,14 @@
 #    TensorBoard events and the export to --model_dir. Rerunning the same command
 #    resumes from the newest checkpoint there.
 # It runs:
-#   horovodrun -np N -H localhost:N --gloo $HOROVODRUN_ARGS <python> -m dann_dist.train [flags]
+#   horovodrun -np N -H localhost:N --gloo $HOROVODRUN_ARGS launch/_rank_exit.sh \
+#       <python> -m dann_dist.train [flags]
+# and exits with the ranks' status (143 after SIGTERM and a checkpoint, 2 for a bad flag,
+# 3 for a NaN loss), where bare horovodrun exits 1 whenever a rank fails: each rank's
+# status goes to a file in a temporary directory under RANK_STATUS_ROOT (default $TMPDIR,
+# else /tmp), removed at the end; see launch/_ranks.sh for the rule when ranks disagree.
+# SIGTERM/SIGINT to this script are passed on to horovodrun, which sends the ranks SIGTERM
+# (for both): they checkpoint and stop (exit 143); horovodrun SIGKILLs them after 5 s.
 #
 # Environment:
 #   NP                processes when no number is given (see above)
@@ -19,6 +26,7 @@
 #   PYTHON            interpreter of the default trainer command (default: `python` on PATH)
 #   HOROVODRUN        the horovodrun executable (default: `horovodrun` on PATH)
 #   HOROVODRUN_ARGS   extra horovodrun options, e.g. "--start-timeout 60 --verbose"
+#   RANK_STATUS_ROOT  where the ranks' exit-status directory is made (see above)
 #   DRY_RUN=1         print the command instead of running it
 # CPU only (no GPU visible): each process gets cores/N TensorFlow threads unless
 # TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS are set.
@@ -41,5 +49,5 @@ is_uint "$NP" && (( NP > 0 )) || die "N must be a positive integer, got '$NP'"
 split_cpu_threads "$NP"
 read -r -a extra <<<"${HOROVODRUN_ARGS:-}"
 
-run_or_print "${HOROVODRUN:-horovodrun}" -np "$NP" -H "localhost:$NP" --gloo ${extra[@]+"${extra[@]}"} \
-    "${TRAIN_CMD[@]}" "$@"
+run_ranks_or_print "${HOROVODRUN:-horovodrun}" -np "$NP" -H "localhost:$NP" --gloo \
+    ${extra[@]+"${extra[@]}"} "$RANK_EXIT" "${TRAIN_CMD[@]}" "$@"

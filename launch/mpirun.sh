@@ -9,7 +9,10 @@
 #   mpirun -np NP [-H HOSTS] -bind-to none -map-by slot \
 #       -x PATH -x LD_LIBRARY_PATH -x PYTHONPATH -x NCCL_DEBUG [-x each NCCL_*, HOROVOD_*, TF_CPP_*, \
 #       TF_NUM_*, TF_ENABLE_*, TF_GPU_*, TF_FORCE_*, (TF_)XLA_FLAGS set here] \
-#       -mca pml ob1 -mca btl ^openib $MPIRUN_ARGS <python> -m dann_dist.train [flags]
+#       -x DANN_RANK_STATUS_DIR -mca pml ob1 -mca btl ^openib $MPIRUN_ARGS \
+#       launch/_rank_exit.sh <python> -m dann_dist.train [flags]
+# and exits with the ranks' status, as launch/horovod_local.sh does (RANK_STATUS_ROOT as
+# in launch/horovod_hosts.sh).
 #
 # -bind-to none: do not pin each rank to one core (TensorFlow and tf.data use many
 # threads); -map-by slot: fill a host's slots before the next host, so local ranks
@@ -25,8 +28,8 @@
 # chooses --strategy=horovod itself (auto) because mpirun sets OMPI_COMM_WORLD_RANK.
 #
 # Environment: NP (default: slots of HOSTS, else GPUs, else 2), HOSTS, MPIRUN (the
-# executable, default mpirun), MPIRUN_ARGS (extra options), DANN_TRAIN_CMD, PYTHON,
-# DRY_RUN=1 (print the command only).
+# executable, default mpirun), MPIRUN_ARGS (extra options), RANK_STATUS_ROOT,
+# DANN_TRAIN_CMD, PYTHON, DRY_RUN=1 (print the command only).
 
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -58,8 +61,9 @@ for name in $(compgen -e); do
     [[ "$name" =~ ^(NCCL_|HOROVOD_|TF_CPP_|TF_NUM_|TF_ENABLE_|TF_GPU_|TF_FORCE_|TF_XLA_FLAGS$|XLA_FLAGS$) \
        && "$name" != NCCL_DEBUG ]] && opts+=(-x "$name")
 done
-opts+=(-x NCCL_DEBUG)
+opts+=(-x NCCL_DEBUG -x DANN_RANK_STATUS_DIR)   # the latter: see launch/_ranks.sh
 opts+=(-mca pml ob1 -mca btl ^openib)
 read -r -a extra <<<"${MPIRUN_ARGS:-}"
 
-run_or_print "${MPIRUN:-mpirun}" "${opts[@]}" ${extra[@]+"${extra[@]}"} "${TRAIN_CMD[@]}" "$@"
+run_ranks_or_print "${MPIRUN:-mpirun}" "${opts[@]}" ${extra[@]+"${extra[@]}"} \
+    "$RANK_EXIT" "${TRAIN_CMD[@]}" "$@"

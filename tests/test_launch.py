@@ -2,7 +2,8 @@
 stand-in srun/scontrol/horovodrun for Slurm), and the local ones really train on
 synthetic data: horovod_local.sh -np 2, mirrored.sh on 2 logical CPUs, and
 multi_worker_local.sh with 2 MultiWorkerMirroredStrategy workers (fresh and resumed),
-plus its failure and timeout paths."""
+plus its failure and timeout paths. The Horovod/MPI/Slurm launchers exit with the ranks'
+status (2, 143, ...), not horovodrun's 1: with stand-in launchers, and for real."""
 
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ SYNTHETIC_CMD = f"{sys.executable} {os.path.join(TESTS, 'run_synthetic.py')}"
 SMALL_RUN = ["--train_steps=6", "--batch_size=16", "--checkpoint_every=3", "--log_every=3",
              "--export=false"]
 SCRIPTS = sorted(name for name in os.listdir(LAUNCH) if name.endswith((".sh", ".sbatch")))
+RANK_EXIT = os.path.join(LAUNCH, "_rank_exit.sh")  # in front of the trainer under horovodrun
 
 
 def launch_env(**extra: str) -> dict:
     env = dict(os.environ)
     for name in ("TF_CONFIG", "DRY_RUN", "NP", "HOSTS", "WORKERS", "INDEX", "DANN_TRAIN_CMD",
-                 "PYTHON", "LAUNCHER", "QUIET"):
+                 "PYTHON", "LAUNCHER", "QUIET", "VENV"):  # make exports VENV
         env.pop(name, None)
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONUNBUFFERED="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
@@ -58,6 +60,14 @@ def last_json(text: str) -> dict:
     lines = [line for line in text.splitlines() if line.startswith("{") and line.endswith("}")]
     assert lines, f"no final JSON line in:\n{text[-3000:]}"
     return json.loads(lines[-1])
+
+
+# Measured per process, so they differ between ranks that agree on everything else.
+TIMINGS = ("train_seconds", "examples_per_sec")
+
+
+def without_timings(final: dict) -> dict:
+    return {key: value for key, value in final.items() if key not in TIMINGS}
 
 
 def checkpoint_steps(model_dir) -> list[int]:
@@ -140,18 +150,18 @@ def test_k8s_mpijob_manifest_is_consistent():
 def test_horovod_local_dry_run():
     cmd = dry_run("horovod_local.sh", "3", "--model_dir=/tmp/x", HOROVODRUN="horovodrun")[0].split()
     assert cmd[:6] == ["horovodrun", "-np", "3", "-H", "localhost:3", "--gloo"]
-    assert cmd[6:] == [shutil.which("python", path=launch_env()["PATH"]), "-m", "dann_dist.train",
-                       "--model_dir=/tmp/x"]
+    assert cmd[6:] == [RANK_EXIT, shutil.which("python", path=launch_env()["PATH"]), "-m",
+                       "dann_dist.train", "--model_dir=/tmp/x"]
     # N from NP when the first argument is a flag; the trainer command is overridable.
     cmd = dry_run("horovod_local.sh", "--train_steps=5", NP="4", DANN_TRAIN_CMD="py train.py")[0]
-    assert "-np 4 -H localhost:4 --gloo py train.py --train_steps=5" in cmd
+    assert f"-np 4 -H localhost:4 --gloo {RANK_EXIT} py train.py --train_steps=5" in cmd
 
 
 def test_horovod_hosts_dry_run_and_validation():
     cmd = dry_run("horovod_hosts.sh", "--model_dir=/shared/run", HOSTS="node1:4,node2:4",
                   IFACE="eth0", DANN_TRAIN_CMD="python -m dann_dist.train")[0]
     assert cmd.startswith("horovodrun -np 8 -H node1:4,node2:4 --gloo --network-interface eth0 ")
-    assert cmd.endswith(" python -m dann_dist.train --model_dir=/shared/run")
+    assert cmd.endswith(f" {RANK_EXIT} python -m dann_dist.train --model_dir=/shared/run")
     assert "-np 6 " in dry_run("horovod_hosts.sh", HOSTS="a:4,b:4", NP="6")[0]
     for bad in ({"HOSTS": "node1,node2"}, {"HOSTS": "a:4", "NP": "5"}, {}):
         proc = launch("horovod_hosts.sh", timeout=30, DRY_RUN="1", **bad)
@@ -165,12 +175,14 @@ def test_mpirun_dry_run():
     text = " ".join(cmd)
     for part in ("-bind-to none", "-map-by slot", "-x PYTHONPATH", "-x LD_LIBRARY_PATH",
                  "-x PATH", "-x NCCL_SOCKET_IFNAME", "-x TF_NUM_INTRAOP_THREADS",
-                 "-mca pml ob1", "python -m dann_dist.train --model_dir=/shared/run"):
+                 "-x DANN_RANK_STATUS_DIR", "-mca pml ob1",
+                 f"{RANK_EXIT} python -m dann_dist.train --model_dir=/shared/run"):
         assert part in text, part
 
 
 def test_mirrored_dry_run():
-    cmd = dry_run("mirrored.sh", "--model_dir=/tmp/m", DANN_TRAIN_CMD="python -m dann_dist.train")[0]
+    cmd = dry_run("mirrored.sh", "--model_dir=/tmp/m",
+                  DANN_TRAIN_CMD="python -m dann_dist.train")[0]
     assert cmd.strip() == "python -m dann_dist.train --strategy=mirrored --model_dir=/tmp/m"
 
 
@@ -181,7 +193,8 @@ def test_multi_worker_builds_tf_config():
     tf_config = json.loads(out[0][len("TF_CONFIG="):])
     assert tf_config == {"cluster": {"worker": ["h1:2222", "h2:2222", "h3:2222"]},
                          "task": {"type": "worker", "index": 2}}
-    assert out[1].strip() == "python -m dann_dist.train --strategy=multi_worker --model_dir=/shared/run"
+    assert out[1].strip() == ("python -m dann_dist.train --strategy=multi_worker "
+                              "--model_dir=/shared/run")
     for bad in ({"WORKERS": "h1:1,h2:1", "INDEX": "2"}, {"WORKERS": "h1,h2", "INDEX": "0"},
                 {"WORKERS": "h1:1"}):
         proc = launch("multi_worker.sh", timeout=30, DRY_RUN="1", **bad)
@@ -233,8 +246,8 @@ def test_slurm_srun_success_does_not_requeue(fake_slurm):
     proc = run_sbatch(env, "--model_dir=/shared/run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = record.read_text().splitlines()
-    assert calls == ["srun --mpi=pmix --kill-on-bad-exit=1 --cpu-bind=none python -m "
-                     "dann_dist.train --model_dir=/shared/run"]
+    assert calls == [f"srun --mpi=pmix --kill-on-bad-exit=1 --cpu-bind=none {RANK_EXIT} "
+                     "python -m dann_dist.train --model_dir=/shared/run"]
 
 
 def test_slurm_requeues_after_a_checkpointed_stop(fake_slurm):
@@ -245,7 +258,8 @@ def test_slurm_requeues_after_a_checkpointed_stop(fake_slurm):
     # Not after a real failure, nor beyond MAX_REQUEUES.
     record.write_text("")
     assert run_sbatch(env, FAKE_RC="1").returncode == 1
-    assert run_sbatch(env, FAKE_RC="143", SLURM_RESTART_COUNT="3", MAX_REQUEUES="3").returncode == 143
+    proc = run_sbatch(env, FAKE_RC="143", SLURM_RESTART_COUNT="3", MAX_REQUEUES="3")
+    assert proc.returncode == 143
     assert "requeue" not in record.read_text()
 
 
@@ -276,11 +290,12 @@ def test_slurm_horovodrun_launcher_uses_the_allocation(fake_slurm):
                       DANN_TRAIN_CMD="python -m dann_dist.train")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = record.read_text().splitlines()
-    assert "horovodrun -np 8 -H node1:4,node2:4 --gloo python -m dann_dist.train " \
+    assert f"horovodrun -np 8 -H node1:4,node2:4 --gloo {RANK_EXIT} python -m dann_dist.train " \
            "--model_dir=/shared/run" in calls, calls
     # Uneven tasks per node.
     assert run_sbatch(env, LAUNCHER="horovodrun", SLURM_TASKS_PER_NODE="3,1").returncode == 0
-    assert record.read_text().splitlines()[-1].startswith("horovodrun -np 4 -H node1:3,node2:1 --gloo ")
+    last = record.read_text().splitlines()[-1]
+    assert last.startswith("horovodrun -np 4 -H node1:3,node2:1 --gloo ")
 
 
 # --------------------------------------------------------------------------- real runs
@@ -297,7 +312,8 @@ def test_horovod_local_two_ranks_train_and_agree(tmp_path):
         if m := re.fullmatch(r"\[(\d+)\]<stdout>:(\{.*\})", line.strip()):
             finals[int(m.group(1))] = json.loads(m.group(2))
     assert sorted(finals) == [0, 1], proc.stdout[-3000:]
-    assert finals[0] == finals[1], "the ranks ended with different metrics or weights"
+    assert without_timings(finals[0]) == without_timings(finals[1]), \
+        "the ranks ended with different metrics or weights"
     assert finals[0]["step"] == 6
     assert "strategy=horovod" in output and "replicas=2" in output
     assert checkpoint_steps(model_dir) == [3, 6]
@@ -335,7 +351,7 @@ def test_multi_worker_local_two_workers_train_and_agree(multi_worker_run):
     model_dir, proc, (chief_log, worker_log) = multi_worker_run
     assert "strategy=multi_worker" in chief_log and "replicas=2" in chief_log
     assert "fresh run at step 0" in chief_log
-    finals = [last_json(chief_log), last_json(worker_log)]
+    finals = [without_timings(last_json(chief_log)), without_timings(last_json(worker_log))]
     assert finals[0] == finals[1], "the workers ended with different metrics or weights"
     assert finals[0]["step"] == 6
     assert checkpoint_steps(model_dir) == [3, 6]
@@ -348,9 +364,13 @@ def test_multi_worker_local_two_workers_train_and_agree(multi_worker_run):
 def test_multi_worker_local_resumes_all_workers_from_the_chief(multi_worker_run, tmp_path):
     model_dir = tmp_path / "run"
     shutil.copytree(multi_worker_run[0], model_dir)
-    _, (chief_log, worker_log) = run_multi_worker(tmp_path, model_dir, "--train_steps=9")
+    # Extending a finished run is a deliberate change of --train_steps.
+    _, (chief_log, worker_log) = run_multi_worker(tmp_path, model_dir, "--train_steps=9",
+                                                  "--allow_config_change")
     assert f"resumed from {model_dir}/ckpt-6 at step 6" in chief_log
-    finals = [last_json(chief_log), last_json(worker_log)]
+    finals = [without_timings(last_json(chief_log)), without_timings(last_json(worker_log))]
+    # Only the chief read a checkpoint; every worker resumed from its restored step.
+    assert finals[0].pop("resumed_from_step") == finals[1].pop("resumed_from_step") == 6
     # Worker 1 has no checkpoint of its own: it must get the chief's state (step 6 and
     # weights), or it would run 9 steps against the chief's 3 and the job would fail.
     assert finals[0] == finals[1] and finals[0]["step"] == 9
@@ -361,12 +381,13 @@ def test_multi_worker_local_fails_fast_when_a_worker_fails(tmp_path):
     # Worker 0 runs the real trainer and blocks in MultiWorkerMirroredStrategy waiting for
     # worker 1 (TensorFlow ignores SIGTERM there), worker 1 fails after 8 s.
     pid_file = tmp_path / "chief.pid"
-    worker = (f'if [[ $TF_CONFIG == *\'"index": 1}}\'* ]]; then sleep 8; exit 7; fi; echo $$ > {pid_file}; '
+    worker = (f'if [[ $TF_CONFIG == *\'"index": 1}}\'* ]]; then sleep 8; exit 7; fi; '
+              f'echo $$ > {pid_file}; '
               f'exec {SYNTHETIC_CMD} --strategy=multi_worker --model_dir={tmp_path}/run '
               f'{" ".join(SMALL_RUN)}')
     start = time.time()
-    proc = launch("multi_worker_local.sh", "2", "bash", "-c", worker, LOG_DIR=str(tmp_path / "logs"),
-                  TIMEOUT="100", GRACE="4", timeout=90)
+    proc = launch("multi_worker_local.sh", "2", "bash", "-c", worker,
+                  LOG_DIR=str(tmp_path / "logs"), TIMEOUT="100", GRACE="4", timeout=90)
     elapsed = time.time() - start
     assert proc.returncode == 7, proc.stderr[-3000:]
     assert "worker 1 failed with status 7" in proc.stderr
@@ -421,3 +442,137 @@ def test_multi_worker_local_default_command_gets_the_strategy_flag(tmp_path):
         log = (tmp_path / "logs" / f"worker-{index}.log").read_text().splitlines()
         assert log[0] == "args: --strategy=multi_worker --model_dir=/tmp/m --train_steps=3"
         assert json.loads(log[1][len("tf_config: "):])["task"] == {"type": "worker", "index": index}
+
+
+# --------------------------------------------------------------------------- exit status
+# horovodrun exits 1 whenever a rank fails, whatever the rank's status; the launchers put
+# launch/_rank_exit.sh in front of the trainer and exit with the ranks' status instead.
+
+RANK_LAUNCHERS = {  # script -> environment that points it at the stand-in launcher
+    "horovod_local.sh": {"HOROVODRUN": "horovodrun"},
+    "horovod_hosts.sh": {"HOROVODRUN": "horovodrun", "HOSTS": "a:1,b:1"},
+    "horovod_elastic.sh": {"HOROVODRUN": "horovodrun"},
+    "mpirun.sh": {"MPIRUN": "mpirun"},
+    "slurm.sbatch": {"LAUNCHER": "srun", "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": ROOT},
+}
+
+
+@pytest.fixture
+def fake_ranks(tmp_path):
+    """Stand-ins for horovodrun, mpirun and srun that run the command from
+    launch/_rank_exit.sh on as two ranks and, like horovodrun, exit 1 when a rank fails
+    (FAKE_LAUNCHER_RC overrides). Each rank sleeps and exits as FAKE_RANKS says:
+    "status:delay" for rank 0, then rank 1."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launcher = """#!/usr/bin/env bash
+args=("$@")
+cmd=()
+for i in "${!args[@]}"; do
+    [[ "${args[i]}" == */_rank_exit.sh ]] && { cmd=("${args[@]:i}"); break; }
+done
+(( ${#cmd[@]} )) || { echo "no launch/_rank_exit.sh in: $*" >&2; exit 1; }
+pids=()
+for rank in 0 1; do HOROVOD_RANK=$rank "${cmd[@]}" & pids+=($!); done
+rc=0
+for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+exit "${FAKE_LAUNCHER_RC:-$rc}"
+"""
+    for name in ("horovodrun", "mpirun", "srun"):
+        (bin_dir / name).write_text(launcher)
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    rank = tmp_path / "rank.sh"
+    rank.write_text('read -r -a spec <<<"$FAKE_RANKS"\ns=${spec[$HOROVOD_RANK]}\n'
+                    'sleep "${s#*:}"\nexit "${s%%:*}"\n')
+    status_root = tmp_path / "status"
+    status_root.mkdir()
+    return dict(PATH=f"{bin_dir}:{launch_env()['PATH']}", DANN_TRAIN_CMD=f"bash {rank}",
+                RANK_STATUS_ROOT=str(status_root)), status_root
+
+
+@pytest.mark.parametrize("script", sorted(RANK_LAUNCHERS))
+@pytest.mark.parametrize("ranks, launcher_rc, expected", [
+    ("2:0 2:0.2", None, 2),        # all ranks agree: a bad flag
+    ("143:0.3 143:0", None, 143),  # all ranks agree: stopped after a checkpoint
+    ("143:0.5 137:0", None, 137),  # disagree: the first failure (rank 1 killed), not 143
+    ("0:0 3:0", None, 3),          # one rank failed, the other finished
+    ("0:0 0:0", "1", 1),           # no rank failed: the launcher's own status
+    ("0:0 0:0", None, 0),
+])
+def test_launchers_exit_with_the_ranks_status(fake_ranks, script, ranks, launcher_rc, expected):
+    env, status_root = fake_ranks
+    extra = {**RANK_LAUNCHERS[script], **env, "FAKE_RANKS": ranks}
+    if launcher_rc is not None:
+        extra["FAKE_LAUNCHER_RC"] = launcher_rc
+    proc = launch(script, "--model_dir=/tmp/unused", timeout=60, **extra)
+    assert proc.returncode == expected, proc.stdout + proc.stderr
+    assert os.listdir(status_root) == [], "the status directory was left behind"
+
+
+def test_unusable_rank_status_root_is_a_clear_error(fake_ranks, tmp_path):
+    env, _ = fake_ranks
+    env.update(HOROVODRUN="horovodrun", FAKE_RANKS="0:0 0:0",
+               RANK_STATUS_ROOT=str(tmp_path / "missing"))
+    proc = launch("horovod_local.sh", "2", timeout=30, **env)
+    assert proc.returncode == 2 and f"RANK_STATUS_ROOT={tmp_path}/missing" in proc.stderr
+
+
+def _read_until(proc, text, timeout=120):
+    """Reads the merged output until a line contains `text`; returns what was read."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return "".join(lines)
+    proc.kill()
+    raise AssertionError(f"never saw {text!r}:\n{''.join(lines[-40:])}")
+
+
+def test_horovod_local_bad_flag_exits_2_not_1(tmp_path):
+    status_root = tmp_path / "status"
+    status_root.mkdir()
+    proc = launch("horovod_local.sh", "2", f"--model_dir={tmp_path}/run", "--train_steps=0",
+                  RANK_STATUS_ROOT=str(status_root), timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-3000:]
+    assert "--train_steps=0" in output
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    assert os.listdir(status_root) == []
+
+
+@pytest.mark.parametrize("target", ["launcher", "one rank"])
+def test_horovod_local_sigterm_exits_143_after_a_checkpoint(tmp_path, target):
+    pid_dir, status_root, model_dir = tmp_path / "pids", tmp_path / "status", tmp_path / "run"
+    pid_dir.mkdir()
+    status_root.mkdir()
+    job = subprocess.Popen(
+        ["bash", os.path.join(LAUNCH, "horovod_local.sh"), "2", f"--model_dir={model_dir}",
+         "--train_steps=100000", "--batch_size=16", "--log_every=5", "--eval_every=0",
+         "--checkpoint_every=100000", "--export=false", f"--pid_dir={pid_dir}"],
+        cwd=ROOT, env=launch_env(DANN_TRAIN_CMD=SYNTHETIC_CMD, RANK_STATUS_ROOT=str(status_root)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = _read_until(job, "step 10/")
+        if target == "launcher":
+            job.send_signal(signal.SIGTERM)  # what Slurm, Kubernetes or `kill` do
+        else:
+            os.kill(int((pid_dir / "1").read_text()), signal.SIGTERM)
+        out += job.communicate(timeout=60)[0]
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 143, out[-3000:]
+    # Both ranks stopped at one step, and the chief's checkpoint of that step is the newest.
+    stops = {line[:3]: int(m.group(1)) for line in out.splitlines()
+             if (m := re.search(r"process \d+: stop requested at step (\d+)", line))}
+    assert sorted(stops) == ["[0]", "[1]"] and len(set(stops.values())) == 1, out[-3000:]
+    stopped_at = stops["[0]"]
+    index = (model_dir / "checkpoint").read_text()
+    assert f'model_checkpoint_path: "ckpt-{stopped_at}"' in index, index
+    assert stopped_at in checkpoint_steps(model_dir)
+    assert os.listdir(status_root) == []
