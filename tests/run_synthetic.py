@@ -7,14 +7,12 @@ launcher (python, horovodrun, TF_CONFIG workers). Used by the multi-process test
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                os.path.dirname(os.path.abspath(__file__))]
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from dann_dist import cli, config as config_lib, train  # noqa: E402
+# Run as a script: tests/ is sys.path[0] (for `synthetic`); dann_dist is installed.
+from dann_dist import cli, train
+from dann_dist import config as config_lib
 
 
 def main(argv):
@@ -38,11 +36,13 @@ def main(argv):
 
 if __name__ == "__main__":
     config_lib.define_flags()
+    config_lib.define_test_hook_flags()
     flags.DEFINE_integer("logical_cpus", 1, "Split the CPU into this many logical devices.")
     flags.DEFINE_integer("n_train", 256, "Synthetic training images per domain.")
     flags.DEFINE_string("pid_dir", "", "Write this process's pid to <pid_dir>/<rank>.")
     flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic data.")
-    flags.DEFINE_bool("data_seed_per_rank", False, "Testing aid: each Horovod rank gets other data.")
+    flags.DEFINE_bool("data_seed_per_rank", False,
+                      "Testing aid: each Horovod rank gets other data.")
     # The synthetic domains are small: hold out and score a fraction of them only.
     flags.FLAGS.set_default("source_holdout", 32)
     flags.FLAGS.set_default("selection_images", 64)

@@ -10,11 +10,19 @@ import time
 
 import pytest
 
-from distributed_helpers import (env, horovodrun, json_lines, max_weight_difference, run,
-                                 synthetic)
-
-# float32 sums in a different order: differences of a few ulps after K=6 steps.
-TOLERANCE = 1e-5
+from distributed_helpers import (
+    EQUIVALENCE_TOLERANCE,
+    ROOT,
+    env,
+    horovodrun,
+    json_lines,
+    max_weight_difference,
+    process_alive,
+    rank_exit_statuses,
+    read_until,
+    run,
+    synthetic,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +37,7 @@ def test_mirrored_on_two_logical_cpus_equals_one_device(tmp_path, single_run):
     assert "replicas=2" in proc.stderr and "per replica=8" in proc.stderr
     difference = max_weight_difference(single_run[0], tmp_path)
     print(f"mirrored vs single: max |weight difference| after 6 steps = {difference:.3g}")
-    assert difference < TOLERANCE
+    assert difference < EQUIVALENCE_TOLERANCE
     assert json_lines(proc.stdout)[-1]["step"] == 6
 
 
@@ -40,7 +48,7 @@ def test_horovod_two_ranks_equal_one_device_and_each_other(tmp_path, single_run)
     assert finals[0]["weights_digest"] == finals[1]["weights_digest"], "ranks diverged"
     difference = max_weight_difference(single_run[0], tmp_path)
     print(f"horovod -np 2 vs single: max |weight difference| after 6 steps = {difference:.3g}")
-    assert difference < TOLERANCE
+    assert difference < EQUIVALENCE_TOLERANCE
     # Only rank 0 writes: one events file per writer, checkpoints from rank 0 only.
     assert len(os.listdir(tmp_path / "train")) == 1
 
@@ -54,22 +62,32 @@ def test_a_dead_rank_ends_the_job_in_bounded_time(tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     cmd = horovodrun(2, synthetic(tmp_path / "run", "--strategy=horovod", "--train_steps=100000",
-                                  "--checkpoint_every=100000", f"--pid_dir={pid_dir}"))
-    job = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  "--checkpoint_every=100000", "--log_every=5",
+                                  f"--pid_dir={pid_dir}"))
+    job = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    lines = []
     try:
-        deadline = time.time() + 90
-        while len(os.listdir(pid_dir)) < 2 and time.time() < deadline:
-            time.sleep(0.5)
-        assert len(os.listdir(pid_dir)) == 2, "ranks did not start"
-        time.sleep(5)  # both ranks inside the training loop
+        # The chief's progress line: both ranks are inside the training loop.
+        read_until(job, r"\[0\]<stderr>:.*step 10/100000 ", time.time() + 90, lines)
+        chief = int((pid_dir / "0").read_text())
         os.kill(int((pid_dir / "1").read_text()), signal.SIGKILL)
         killed_at = time.time()
-        job.wait(timeout=60)
-        assert job.returncode != 0
-        assert time.time() - killed_at < 60
+        out, _ = job.communicate(timeout=60)
+        ended_in = time.time() - killed_at
     finally:
         if job.poll() is None:
             job.kill()
+    out = "".join(lines) + out
+    statuses = rank_exit_statuses(out)
+    print(f"killed rank 1: job exit {job.returncode} after {ended_in:.1f} s, ranks {statuses}")
+    assert job.returncode != 0
+    assert ended_in < 60
+    # Seen: {1: 137, 0: 143} (horovodrun stopped rank 0 with SIGTERM) and {1: 137} (rank 0
+    # failed in its allreduce; horovodrun had exited before reporting it). Rank 0's status is
+    # checked where reported; that it has ended, always.
+    assert statuses.get(1) == 128 + signal.SIGKILL and statuses.get(0, 1) != 0, out[-3000:]
+    assert not process_alive(chief), "rank 0 outlived the job"
 
 
 def test_ranks_with_different_data_stop_with_an_error_naming_it(tmp_path):
@@ -96,10 +114,13 @@ def test_horovodrun_smoke_config_end_to_end_on_the_default_data(tmp_path):
     assert len(finals) == 2 and finals[0]["weights_digest"] == finals[1]["weights_digest"]
     assert finals[0]["step"] == 30
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-30")
-    train = event_accumulator.EventAccumulator(str(model_dir / "train"), size_guidance={"tensors": 0})
+    train = event_accumulator.EventAccumulator(str(model_dir / "train"),
+                                               size_guidance={"tensors": 0})
     train.Reload()
-    assert {"label_loss", "domain_loss", "lambda", "learning_rate", "steps_per_sec"} <= set(train.Tags()["tensors"])
-    evals = event_accumulator.EventAccumulator(str(model_dir / "eval"), size_guidance={"tensors": 0})
+    assert ({"label_loss", "domain_loss", "lambda", "learning_rate", "steps_per_sec"}
+            <= set(train.Tags()["tensors"]))
+    evals = event_accumulator.EventAccumulator(str(model_dir / "eval"),
+                                               size_guidance={"tensors": 0})
     evals.Reload()
     assert [e.step for e in evals.Tensors("target_accuracy")] == [20, 30]
     assert (model_dir / "export" / "saved_model.pb").exists()

@@ -9,6 +9,7 @@ import tensorflow as tf
 from dann_dist import schedules
 from dann_dist.models import build_models, reverse_gradient
 from dann_dist.step import make_compute_gradients
+
 from synthetic import tiny_config
 
 
@@ -20,16 +21,19 @@ def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward(lam):
         y = reverse_gradient(x, tf.constant(lam))
         loss = tf.reduce_sum(y * tf.constant([[2.0, 5.0, -1.0]]))
     np.testing.assert_array_equal(y.numpy(), x.numpy())
-    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [[-2.0 * lam, -5.0 * lam, 1.0 * lam]])
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(),
+                               [[-2.0 * lam, -5.0 * lam, 1.0 * lam]])
 
 
 @pytest.mark.parametrize("p, expected", [(0.0, 0.0), (0.5, 2 / (1 + math.exp(-5)) - 1),
                                          (1.0, 2 / (1 + math.exp(-10)) - 1)])
 def test_adaptation_factor_matches_paper(p, expected):
-    assert float(schedules.adaptation_factor(tf.constant(p), gamma=10.0)) == pytest.approx(expected, rel=1e-6)
+    factor = float(schedules.adaptation_factor(tf.constant(p), gamma=10.0))
+    assert factor == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("step, expected", [(0, 0.01), (500, 0.01 / 6 ** 0.75), (1000, 0.01 / 11 ** 0.75),
+@pytest.mark.parametrize("step, expected", [(0, 0.01), (500, 0.01 / 6 ** 0.75),
+                                            (1000, 0.01 / 11 ** 0.75),
                                             (5000, 0.01 / 11 ** 0.75)])
 def test_annealed_learning_rate_matches_paper_and_stops_at_p_1(step, expected):
     schedule = schedules.AnnealedLearningRate(0.01, total_steps=1000, alpha=10.0, beta=0.75)
@@ -44,7 +48,8 @@ def test_paper_architecture_shapes_and_sizes():
     assert models.discriminator(features).shape == (2, 1)
     # conv 5x5x3x32 + 5x5x32x48, dense 768-100-100-10, dense 768-100-1 (with biases).
     assert models.extractor.count_params() == (5 * 5 * 3 * 32 + 32) + (5 * 5 * 32 * 48 + 48)
-    assert models.classifier.count_params() == (768 * 100 + 100) + (100 * 100 + 100) + (100 * 10 + 10)
+    assert models.classifier.count_params() == ((768 * 100 + 100) + (100 * 100 + 100)
+                                                + (100 * 10 + 10))
     assert models.discriminator.count_params() == (768 * 100 + 100) + (100 + 1)
 
 
@@ -101,8 +106,46 @@ def test_step_gradients_are_the_papers_objective(tmp_path, weight):
         np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("weight", [1.0, 2.0])
+def test_step_gradients_are_the_flipped_label_objective(tmp_path, weight):
+    # --adversarial_loss=flipped_labels (the GAN-style inverted-label loss): no reversal; the
+    # extractor descends label loss + lambda * the domain loss against swapped domain labels
+    # (source called target and vice versa), the discriminator descends the domain loss with
+    # the true labels, the classifier the label loss. Same weighting as eq. 10's test above.
+    models, n, lam = build_models(), 4, 0.7
+    source = tf.random.stateless_normal([n, 28, 28, 3], seed=[7, 8])
+    target = tf.random.stateless_normal([n, 28, 28, 3], seed=[9, 10])
+    labels = tf.constant([2, 0, 9, 2])
+    config = tiny_config(tmp_path, domain_loss_weight=weight, adversarial_loss="flipped_labels")
+    compute = make_compute_gradients(models, config, global_batch=n)
+    grads, _ = compute({"source_images": source, "source_labels": labels, "target_images": target},
+                       tf.constant(lam), tf.constant(0, tf.int64), tf.constant(1.0))
+
+    def domain_loss(logits, source_label, target_label):
+        return weight / 2 * sum(
+            tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.fill([n, 1], d),
+                                                                   logits[i * n:(i + 1) * n]))
+            for i, d in enumerate((source_label, target_label)))
+
+    extractor, classifier, discriminator = models.groups
+    with tf.GradientTape(persistent=True) as tape:
+        features = extractor(tf.concat([source, target], 0))
+        label_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, classifier(features[:n])))
+        logits = discriminator(features)
+        true_domain_loss = domain_loss(logits, 0.0, 1.0)
+        extractor_objective = label_loss + lam * domain_loss(logits, 1.0, 0.0)
+    expected = (tape.gradient(extractor_objective, extractor.trainable_variables)
+                + tape.gradient(label_loss, classifier.trainable_variables)
+                + tape.gradient(true_domain_loss, discriminator.trainable_variables))
+    assert len(grads) == len(expected)
+    for ours, ref in zip(grads, expected):
+        np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_bn_heads_are_the_origin_scripts():
     models = build_models("bn", "bn")
     dense = [layer.units for layer in models.discriminator.layers if hasattr(layer, "units")]
     assert dense == [256, 128, 64, 32, 1]
-    assert any(isinstance(layer, tf.keras.layers.BatchNormalization) for layer in models.classifier.layers)
+    assert any(isinstance(layer, tf.keras.layers.BatchNormalization)
+               for layer in models.classifier.layers)
