@@ -91,11 +91,16 @@ class Config:
                                  "weights (Polyak averaging) with this momentum, e.g. 0.999; 0: "
                                  "the raw weights. Smooths DANN's step-to-step swings in target "
                                  "accuracy without looking at target labels.")
+    clip_norm: float = _field(0.0, "Clip the global norm of the gradient of all three models "
+                              "(of the mean loss over the global batch) to this value; 0: off. "
+                              "A safety net for large global batches, where a DANN run with "
+                              "the sqrt rule diverged to NaN (results/scaling.md).")
     ema_scaling: str = _field("none", "none: --ema_momentum per step as given; batch: "
                               "ema_momentum ** (batch_size / lr_base_batch), so that the average "
                               "spans the same number of examples at every global batch (0.999 "
                               "at 64 is 0.984 at 1024).", EMA_SCALINGS)
-    gamma: float = _field(10.0, "gamma of the adaptation factor lambda_p = 2/(1+exp(-gamma p)) - 1.")
+    gamma: float = _field(10.0, "gamma of the adaptation factor "
+                          "lambda_p = 2/(1+exp(-gamma p)) - 1.")
     lambda_max: float = _field(1.0, "Upper value of lambda_p (the paper uses 1).")
     domain_loss_weight: float = _field(1.0, "Weight of the domain loss, a mean over the "
                                        "2 * batch_size images of both domains, against the "
@@ -115,7 +120,8 @@ class Config:
     deterministic: bool = _field(False, "tf.config.experimental.enable_op_determinism(): "
                                  "bit-identical reruns and resumes, slower.")
     log_every: int = _field(200, "Steps between progress lines and train summaries.")
-    eval_every: int = _field(2000, "Steps between evaluations on both test sets (0: only at the end).")
+    eval_every: int = _field(2000, "Steps between evaluations on both test sets "
+                             "(0: only at the end).")
     eval_batch_size: int = _field(1000, "Batch of the evaluation forward passes.")
     checkpoint_every: int = _field(1000, "Steps between checkpoints.")
     keep_checkpoints: int = _field(3, "How many checkpoints to keep.")
@@ -134,7 +140,14 @@ class Config:
     max_train_examples: int = _field(0, "Use only the first N training images of each domain "
                                      "(0: all). For smoke tests.")
     max_test_examples: int = _field(0, "Evaluate on only the first N test images (0: all).")
-    debug_nan_step: int = _field(-1, "Testing aid: make the loss NaN at this step.")
+    allow_config_change: bool = _field(False, "Resume a run although flags that change the "
+                                       "model, objective, data or schedule differ from its "
+                                       "run.json (a deliberate change; the differences are "
+                                       "logged and run.json is rewritten).")
+    # Test hooks: Config fields that define_flags() does not register, so they stay out of
+    # --help; tests set them on the Config, or register them (define_test_hook_flags).
+    debug_nan_step: int = _field(-1, "[test hook] Make the label loss NaN at this optimizer "
+                                 "step, to test the NaN guard.")
 
     @property
     def effective_learning_rate(self) -> float:
@@ -153,13 +166,16 @@ class Config:
         return int(round(self.warmup_fraction * self.train_steps))
 
 
+TEST_HOOKS = ("debug_nan_step",)
+
+
 def define_flags() -> None:
     """Registers one absl flag per Config field (call once, before app.run)."""
     from dann_dist.data import define_flags as define_data_flags
 
     define_data_flags()
     for field in dataclasses.fields(Config):
-        if field.name in DATA_FLAGS:
+        if field.name in DATA_FLAGS or field.name in TEST_HOOKS:
             continue
         help_text, choices = field.metadata["help"], field.metadata["choices"]
         if choices:
@@ -174,9 +190,18 @@ def define_flags() -> None:
             flags.DEFINE_string(field.name, field.default, help_text)
 
 
+def define_test_hook_flags() -> None:
+    """Registers the test hooks as flags too (tests/run_synthetic.py; never the CLI)."""
+    for name in TEST_HOOKS:
+        field = next(f for f in dataclasses.fields(Config) if f.name == name)
+        flags.DEFINE_integer(name, field.default, field.metadata["help"])
+
+
 def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
     values = {}
     for field in dataclasses.fields(Config):
+        if field.name not in flag_values:  # a test hook nobody registered
+            continue
         value = flag_values[field.name].value
         values[field.name] = "" if value is None and field.type == "str" else value
     pairs = values["train_pairs"]
@@ -241,6 +266,7 @@ _FLOAT_RANGES = {
     "lambda_max": (0.0, 100.0, True),
     "domain_loss_weight": (0.0, 100.0, True),  # > 0
     "warmup_fraction": (0.0, 1.0, False),
+    "clip_norm": (0.0, 1e6, True),
 }
 _POSITIVE_FLOATS = ("learning_rate", "domain_loss_weight")
 

@@ -96,7 +96,8 @@ def create_state(models: DannModels, config: Config) -> TrainState:
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     if config.precision != "mixed_float16":
         return TrainState(models, optimizers, step)
-    loss_scale = tf.Variable(INITIAL_LOSS_SCALE, dtype=tf.float32, trainable=False, name="loss_scale")
+    loss_scale = tf.Variable(INITIAL_LOSS_SCALE, dtype=tf.float32, trainable=False,
+                             name="loss_scale")
     good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
     return TrainState(models, optimizers, step, loss_scale, good_steps)
 
@@ -109,7 +110,8 @@ LOSS_SCALE_GROWTH_STEPS = 2000
 
 def update_loss_scale(state: TrainState, finite) -> None:
     grow = tf.logical_and(finite, state.good_steps + 1 >= LOSS_SCALE_GROWTH_STEPS)
-    state.loss_scale.assign(tf.where(finite, tf.where(grow, state.loss_scale * 2.0, state.loss_scale),
+    grown = tf.where(grow, state.loss_scale * 2.0, state.loss_scale)
+    state.loss_scale.assign(tf.where(finite, grown,
                                      tf.maximum(state.loss_scale / 2.0, 1.0)))
     state.good_steps.assign(tf.where(tf.logical_and(finite, tf.logical_not(grow)),
                                      state.good_steps + 1, tf.zeros_like(state.good_steps)))
@@ -131,7 +133,8 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
     domain_xent = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
 
     def compute(batch, lam, step, scale):
-        source, labels, target = batch["source_images"], batch["source_labels"], batch["target_images"]
+        source, labels = batch["source_images"], batch["source_labels"]
+        target = batch["target_images"]
         n = tf.shape(source)[0]
         # Source = 0, target = 1.
         domain_labels = tf.concat([tf.zeros([n, 1]), tf.ones([tf.shape(target)[0], 1])], axis=0)
@@ -140,7 +143,9 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
             label_logits = classifier(features[:n], training=True)
             label_loss_sum = tf.reduce_sum(label_xent(labels, label_logits))
             if config.debug_nan_step >= 0:
-                label_loss_sum += tf.where(step == config.debug_nan_step, float("nan"), 0.0)
+                # `step` counts the steps done before this one: this is step + 1, the
+                # number the trainer's logs and its NaN guard report.
+                label_loss_sum += tf.where(step + 1 == config.debug_nan_step, float("nan"), 0.0)
             label_loss = label_loss_sum / global_batch
             disc_input = features if flipped else reverse_gradient(features, lam)
             domain_logits = discriminator(disc_input, training=True)
@@ -151,7 +156,8 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
             domain_loss = domain_loss_sum * domain_weight
             # Scaled inside the tape (scale is 1 unless mixed_float16), unscaled below.
             if flipped:
-                fooled_loss = tf.reduce_sum(domain_xent(1.0 - domain_labels, domain_logits)) * domain_weight
+                fooled = domain_xent(1.0 - domain_labels, domain_logits)
+                fooled_loss = tf.reduce_sum(fooled) * domain_weight
                 scaled_losses = [(label_loss + lam * fooled_loss) * scale, label_loss * scale,
                                  domain_loss * scale]
             else:
@@ -162,11 +168,13 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
                      for g in tape.gradient(loss, model.trainable_variables)]
             del tape
         else:
-            grads = tape.gradient(scaled_total, [v for m in models.groups for v in m.trainable_variables])
+            variables = [v for m in models.groups for v in m.trainable_variables]
+            grads = tape.gradient(scaled_total, variables)
         grads = [g / scale for g in grads]
 
         label_correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(label_logits, axis=-1, output_type=labels.dtype), labels), tf.float32))
+            tf.equal(tf.argmax(label_logits, axis=-1, output_type=labels.dtype), labels),
+            tf.float32))
         domain_correct = tf.reduce_sum(tf.cast(
             tf.equal(tf.cast(domain_logits > 0.0, tf.float32), domain_labels), tf.float32))
         sums = tf.stack([label_loss_sum, domain_loss_sum, label_correct, domain_correct])
@@ -175,6 +183,21 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
     if config.jit_compile:
         return tf.function(compute, jit_compile=True)
     return compute
+
+
+def clip_by_global_norm(grads: list, clip_norm: float) -> list:
+    """Scales the gradients so that the norm of the GLOBAL gradient is at most clip_norm.
+    Every replica computes the same factor, so clipping commutes with the sum over replicas."""
+    reduced = grads
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        # tf.distribute: the gradients are still per replica here (the optimizers sum
+        # them), so the norm must be taken of their sum. Single device and Horovod have
+        # reduced them already, and their (default) replica context has one replica.
+        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    norm = tf.linalg.global_norm(reduced)
+    factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
+    return [g * factor for g in grads]
 
 
 def apply_gradients(state: TrainState, grads: list) -> None:
@@ -199,6 +222,8 @@ def make_train_step(state: TrainState, config: Config, backend) -> Callable:
         if scaled:
             finite = backend.all_finite(grads)
             grads = [tf.where(finite > 0, g, tf.zeros_like(g)) for g in grads]
+        if config.clip_norm > 0:
+            grads = clip_by_global_norm(grads, config.clip_norm)
         apply_gradients(state, grads)
         return tf.concat([sums, [stop, finite]], axis=0)
 
@@ -206,7 +231,8 @@ def make_train_step(state: TrainState, config: Config, backend) -> Callable:
     def train_step(iterator, stop):
         lam = adaptation_factor(config, state.step)
         scale = tf.identity(state.loss_scale) if scaled else tf.constant(1.0)
-        totals = backend.run(replica_step, (next(iterator), lam, tf.identity(state.step), stop, scale))
+        args = (next(iterator), lam, tf.identity(state.step), stop, scale)
+        totals = backend.run(replica_step, args)
         state.step.assign_add(1)
         totals = backend.sum_over_replicas(totals)
         if scaled:

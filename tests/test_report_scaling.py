@@ -7,10 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from distributed_helpers import ROOT, env
 
 from dann_dist.report import ReportError, ReportOptions, make_scaling_report, trainer_argv
 from dann_dist.report.scaling import options_for_batch, time_to_accuracy
+
+from distributed_helpers import ROOT, env
 
 BATCHES = (8, 16)
 RUNS = {8: (("source_only", 0), ("dann", 0), ("dann", 1)), 16: (("dann", 0),)}
@@ -36,9 +37,9 @@ def scaling_options(report_dir, **overrides):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, domains):
     """Four 6-step runs over two batch sizes, and the scaling report over them."""
-    from synthetic import tiny_config
-
     from dann_dist import trainer
+
+    from synthetic import tiny_config
 
     report_dir = tmp_path_factory.mktemp("scaling") / "r"
     for batch, keys in RUNS.items():
@@ -47,7 +48,7 @@ def built(tmp_path_factory, domains):
                 report_dir / f"b{batch}" / adaptation / f"seed{seed}", adaptation=adaptation,
                 seed=seed, train_steps=6, batch_size=batch, eval_every=2, log_every=3,
                 checkpoint_every=3, eval_batch_size=64, export=False, warmup_fraction=0.5,
-                lr_scaling="sqrt"), domains=domains)
+                lr_scaling="sqrt", clip_norm=2.0), domains=domains)
     # A threshold that dann seed 1 at B = 8 reaches, at an evaluation the test can find.
     threshold = max(e["target_accuracy"] for e in history(report_dir / "b8" / "dann" / "seed1"))
     result = make_scaling_report(scaling_options(report_dir, time_to_accuracy=threshold))
@@ -77,7 +78,8 @@ def test_rows_are_the_runs_final_metrics_and_recorded_rule(built):
             "lr_scaling": "sqrt", "learning_rate": records[0]["config"]["learning_rate"],
             "effective_learning_rate": derived["effective_learning_rate"],
             "warmup_fraction": 0.5, "warmup_steps": derived["warmup_steps"],
-            "ema_scaling": "none", "effective_ema_momentum": derived["effective_ema_momentum"]}
+            "clip_norm": 2.0, "ema_scaling": "none",
+            "effective_ema_momentum": derived["effective_ema_momentum"]}
         # sqrt scaling from the reference batch of 64: the rule the runs really used.
         assert derived["effective_learning_rate"] == pytest.approx(
             records[0]["config"]["learning_rate"] * np.sqrt(row["batch_size"] / 64))

@@ -30,7 +30,7 @@ from dann_dist.report.tables import finished, summarise
 # (name in the row, where: "config" or "derived" of run.json)
 RULE_KEYS = (("lr_scaling", "config"), ("learning_rate", "config"),
              ("effective_learning_rate", "derived"), ("warmup_fraction", "config"),
-             ("warmup_steps", "derived"), ("ema_scaling", "config"),
+             ("warmup_steps", "derived"), ("clip_norm", "config"), ("ema_scaling", "config"),
              ("effective_ema_momentum", "derived"))
 
 
@@ -175,14 +175,15 @@ def _results_lines(rows: list[dict]) -> list[str]:
 
 def _rule_lines(rows: list[dict]) -> list[str]:
     lines = ["| B | method | lr scaling | lr | effective lr | warm-up fraction (steps) "
-             "| EMA scaling (effective momentum) | final source validation "
-             "| final target entropy |", "|---|---|---|---|---|---|---|---|---|"]
+             "| gradient clip norm | EMA scaling (effective momentum) | final source validation "
+             "| final target entropy |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         rule = row["rule"]
         lines.append(
             f"| {row['batch_size']} | {NAMES[row['adaptation']]} | {_value(rule['lr_scaling'])} "
             f"| {_value(rule['learning_rate'])} | {_value(rule['effective_learning_rate'])} "
             f"| {_value(rule['warmup_fraction'])} ({_value(rule['warmup_steps'])}) "
+            f"| {_value(rule['clip_norm'])} "
             f"| {_value(rule['ema_scaling'])} ({_value(rule['effective_ema_momentum'])}) "
             f"| {fmt(row['final_source_val_accuracy'])} | {fmt(row['final_target_entropy'])} |")
     return lines
