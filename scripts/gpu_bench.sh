@@ -9,8 +9,9 @@
 #   BENCH_ARGS="--rounds=3" bash scripts/gpu_bench.sh
 #
 # Setup is `make setup` with the CUDA wheel of TensorFlow (DANN_TF_PACKAGE) and, by
-# default, without Horovod (its GPU build against TF 2.21 is untested). Nothing else is
-# installed. Written without access to a GPU machine: untested on one (see BENCHMARKS.md).
+# default, without Horovod (these benchmarks run one process). Nothing else is installed.
+# Written without access to a GPU machine: untested on one (see BENCHMARKS.md).
+# scripts/device_check.sh is the shorter all-round check (steps/s included) of a GPU host.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,7 +37,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 # The origin's per-sample evaluation loop costs a device round trip per op on a GPU: time
 # it over 2,000 images and scale to the 9,001 (the bench says so in its output).
-common=(--strategy=single --baseline_eval_loop_examples=2000 ${BENCH_ARGS:-})
+read -r -a bench_args <<<"${BENCH_ARGS:-}"
+common=(--strategy=single --baseline_eval_loop_examples=2000 "${bench_args[@]}")
 
 failed=0
 run() {
@@ -59,7 +61,8 @@ run float32_b128 --precision=float32 --batch_size=128 --steps=300
 run float16_b128 --precision=mixed_float16 --batch_size=128 --steps=300
 # GPU-sized batch (the baseline runs at the same batch, so the ratios stay like-for-like).
 run float16_b1024 --precision=mixed_float16 --batch_size=1024 --eval_batch_size=4096 --steps=200
-run float16_b1024_xla --precision=mixed_float16 --batch_size=1024 --eval_batch_size=4096 --steps=200 --jit_compile
+run float16_b1024_xla --precision=mixed_float16 --batch_size=1024 --eval_batch_size=4096 \
+  --steps=200 --jit_compile
 
 echo "reports in $OUT/*.out (stderr in *.err), the JSON figures in $OUT/*.json"
 exit $failed
