@@ -49,7 +49,8 @@ def _bn_block(units: int, synchronized: bool) -> list:
             layers.LeakyReLU()]
 
 
-def label_classifier(feature_dim: int, head: str = "paper", synchronized: bool = False) -> keras.Model:
+def label_classifier(feature_dim: int, head: str = "paper",
+                     synchronized: bool = False) -> keras.Model:
     if head == "paper":
         hidden = [layers.Dense(100, activation="relu"), layers.Dense(100, activation="relu")]
     else:
@@ -59,7 +60,8 @@ def label_classifier(feature_dim: int, head: str = "paper", synchronized: bool =
                              layers.Dense(NUM_CLASSES, dtype="float32")], name="label_classifier")
 
 
-def domain_discriminator(feature_dim: int, head: str = "paper", synchronized: bool = False) -> keras.Model:
+def domain_discriminator(feature_dim: int, head: str = "paper",
+                         synchronized: bool = False) -> keras.Model:
     if head == "paper":
         hidden = [layers.Dense(100, activation="relu")]
     else:

@@ -46,7 +46,8 @@ def test_horovod_style_shards_are_disjoint_equal_and_union_is_the_global_batch(r
             union = np.concatenate(parts)
             assert len(set(union)) == len(union), "replica shards overlap"
             np.testing.assert_array_equal(union, single[k][domain])
-        np.testing.assert_array_equal(np.concatenate([shard[k][1] for shard in shards]) % 10, single[k][1])
+        labels = np.concatenate([shard[k][1] for shard in shards])
+        np.testing.assert_array_equal(labels % 10, single[k][1])
         np.testing.assert_array_equal(single[k][0] % 10, single[k][1])  # labels follow images
 
 
@@ -54,7 +55,8 @@ def test_mirrored_style_pipeline_hands_out_consecutive_replica_batches():
     single = _take(200, 150, 4, per_replica_batch=8)
     mirrored = _take(200, 150, 8, per_replica_batch=4, replicas_per_pipeline=2)
     for k in range(4):
-        np.testing.assert_array_equal(np.concatenate([mirrored[2 * k][0], mirrored[2 * k + 1][0]]), single[k][0])
+        both = np.concatenate([mirrored[2 * k][0], mirrored[2 * k + 1][0]])
+        np.testing.assert_array_equal(both, single[k][0])
 
 
 def test_each_epoch_is_a_permutation_and_shorter_domain_cycles():

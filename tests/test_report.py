@@ -9,10 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-from distributed_helpers import ROOT, RUN_SYNTHETIC, env
 
 from dann_dist import report as report_lib
 from dann_dist.report import ReportError, ReportOptions
+
+from distributed_helpers import ROOT, RUN_SYNTHETIC, env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ("--train_steps=6", "--batch_size=16", "--eval_every=2", "--log_every=3",
@@ -37,9 +38,9 @@ SUBPROCESS_RUN = ("dann", 1)
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, domains):
     """3 adaptations x 2 seeds of 6 steps, and the report over them (done once)."""
-    from synthetic import tiny_config
-
     from dann_dist import trainer
+
+    from synthetic import tiny_config
 
     report_dir = tmp_path_factory.mktemp("report") / "r"
     for adaptation in ADAPTATIONS:

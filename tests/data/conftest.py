@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from data_fixtures import FixtureFiles, smooth_photo
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import tiny_mnist_arrays
 
 from dann_dist.data.mnistm import cache_path
+
+from data_fixtures import tiny_mnist_arrays
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,12 +6,13 @@ import time
 
 import numpy as np
 import pytest
-from data_fixtures import idx_bytes, tiny_mnist_arrays
 
 from dann_dist.data import load_mnist, mnist
 from dann_dist.data.errors import DataError
 from dann_dist.data.mnist_files import read_mnist_path
 from dann_dist.data.storage import save_cache
+
+from data_fixtures import idx_bytes, tiny_mnist_arrays
 
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
 

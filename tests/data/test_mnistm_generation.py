@@ -6,11 +6,12 @@ import time
 
 import numpy as np
 import pytest
-from data_fixtures import encode_jpeg, injected_source, tiny_mnist
 
 from dann_dist.data import load_mnistm, mnistm
 from dann_dist.data.errors import DataError
 from dann_dist.data.mnistm_recipe import blend, generate
+
+from data_fixtures import encode_jpeg, injected_source, tiny_mnist
 
 
 def test_strokes_invert_the_crop_and_background_keeps_it():

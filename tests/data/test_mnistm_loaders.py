@@ -4,10 +4,11 @@ import logging
 
 import numpy as np
 import pytest
-from data_fixtures import encode_png, injected_source, tiny_mnist
 
 from dann_dist.data import load_mnistm, mnistm
 from dann_dist.data.errors import DataError
+
+from data_fixtures import encode_png, injected_source, tiny_mnist
 
 
 def uniform_images(n, size, seed):

@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
-from data_fixtures import injected_source, smooth_photo, tiny_mnist
 
 from dann_dist.data import load_mnistm, mnistm
 from dann_dist.data import mnistm_recipe_v2 as v2
 from dann_dist.data.domain import Domain
 from dann_dist.data.errors import DataError
 from dann_dist.data.summary import channel_mean_std
+
+from data_fixtures import injected_source, smooth_photo, tiny_mnist
 
 
 def mnist_like(n_train, n_test, seed=0):

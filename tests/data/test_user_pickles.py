@@ -10,11 +10,12 @@ import pickle
 
 import numpy as np
 import pytest
-from data_fixtures import tiny_mnist, tiny_mnist_arrays
 
 from dann_dist.data import load_mnist, load_mnistm
 from dann_dist.data.errors import DataError
 from dann_dist.data.user_files import unpickle
+
+from data_fixtures import tiny_mnist, tiny_mnist_arrays
 
 
 class OpensAFile:
