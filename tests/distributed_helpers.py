@@ -96,6 +96,18 @@ def read_until(job: subprocess.Popen, pattern: str, deadline: float, lines: list
     raise AssertionError(f"never saw {pattern!r}:\n{''.join(lines[-60:])}")
 
 
+def wait_for(job: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """Reads the job's merged output until a line contains `text`; returns what was read.
+    Kills the job when the text never comes, so that a failed test leaves nothing running."""
+    lines: list[str] = []
+    try:
+        read_until(job, re.escape(text), time.time() + timeout, lines)
+    except AssertionError:
+        job.kill()
+        raise
+    return "".join(lines)
+
+
 def rank_exit_statuses(output: str) -> dict[int, int]:
     """{rank: exit status} as horovodrun (without --elastic) reports them; it names only
     the ranks that exited with a status other than 0."""

@@ -20,6 +20,8 @@ import time
 import pytest
 import yaml
 
+from distributed_helpers import wait_for
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 LAUNCH = os.path.join(ROOT, "launch")
@@ -519,20 +521,6 @@ def test_unusable_rank_status_root_is_a_clear_error(fake_ranks, tmp_path):
     assert proc.returncode == 2 and f"RANK_STATUS_ROOT={tmp_path}/missing" in proc.stderr
 
 
-def _read_until(proc, text, timeout=120):
-    """Reads the merged output until a line contains `text`; returns what was read."""
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return "".join(lines)
-    proc.kill()
-    raise AssertionError(f"never saw {text!r}:\n{''.join(lines[-40:])}")
-
-
 def test_horovod_local_bad_flag_exits_2_not_1(tmp_path):
     status_root = tmp_path / "status"
     status_root.mkdir()
@@ -557,7 +545,7 @@ def test_horovod_local_sigterm_exits_143_after_a_checkpoint(tmp_path, target):
         cwd=ROOT, env=launch_env(DANN_TRAIN_CMD=SYNTHETIC_CMD, RANK_STATUS_ROOT=str(status_root)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        out = _read_until(job, "step 10/")
+        out = wait_for(job, "step 10/")
         if target == "launcher":
             job.send_signal(signal.SIGTERM)  # what Slurm, Kubernetes or `kill` do
         else:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from dann_dist import trainer
 
-from distributed_helpers import ROOT, env, horovodrun, json_lines, run, synthetic
+from distributed_helpers import ROOT, env, horovodrun, json_lines, run, synthetic, wait_for
 from synthetic import tiny_config
 
 
@@ -21,25 +21,11 @@ def _start(cmd):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(proc, text, timeout=120):
-    """Reads the merged output until a line contains `text`; returns the lines read."""
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return lines
-    proc.kill()
-    raise AssertionError(f"never saw {text!r}:\n{''.join(lines[-40:])}")
-
-
 def test_kill_9_then_rerun_resumes_and_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
     flags = ["--train_steps=40", "--checkpoint_every=10", "--log_every=1", "--deterministic"]
     straight = run([sys.executable] + synthetic(tmp_path / "straight", *flags))
     proc = _start([sys.executable] + synthetic(tmp_path / "killed", *flags))
-    _wait_for(proc, "step 23/40")
+    wait_for(proc, "step 23/40")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert tf.train.latest_checkpoint(str(tmp_path / "killed")).endswith("ckpt-20")
@@ -53,7 +39,7 @@ def test_kill_9_then_rerun_resumes_and_ends_bit_identical_to_an_uninterrupted_ru
 def test_signal_writes_a_checkpoint_and_exits_with_128_plus_signal(tmp_path, sig, code):
     proc = _start([sys.executable] + synthetic(tmp_path, "--train_steps=100000", "--log_every=5",
                                                "--checkpoint_every=100000"))
-    _wait_for(proc, "step 10/")
+    wait_for(proc, "step 10/")
     sent = time.time()
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
@@ -70,7 +56,7 @@ def test_sigterm_to_one_horovod_rank_stops_all_ranks_at_the_same_step(tmp_path):
                                           "--train_steps=100000",
                                           "--log_every=5", "--checkpoint_every=100000",
                                           f"--pid_dir={pid_dir}")))
-    _wait_for(proc, "step 10/")
+    wait_for(proc, "step 10/")
     os.kill(int((pid_dir / "1").read_text()), signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -111,7 +97,7 @@ def test_a_second_run_on_a_locked_model_dir_exits_2_naming_the_holder(tmp_path):
     first = _start([sys.executable] + synthetic(tmp_path, "--train_steps=100000", "--log_every=5",
                                                 "--checkpoint_every=100000"))
     try:
-        _wait_for(first, "step 5/")
+        wait_for(first, "step 5/")
         second = run([sys.executable] + synthetic(tmp_path, "--train_steps=7"), check=False)
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"in use by pid {first.pid} on host" in second.stderr
