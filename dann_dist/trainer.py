@@ -219,7 +219,7 @@ def _check_config_changes(config: config_lib.Config) -> None:
                      "; ".join(allowed))
     if not refused:
         return
-    if getattr(config, "allow_config_change", False):
+    if config.allow_config_change:
         logging.warning("resuming with changed flags (--allow_config_change): %s; run.json "
                         "will record the new values", "; ".join(refused))
         return
