@@ -20,8 +20,10 @@ class Summaries:
         logged after it is marked stale (see mark_restart)."""
         self.enabled = enabled
         if enabled and resumed_step > 0:
-            for split in SPLITS:
-                mark_restart(os.path.join(model_dir, split), resumed_step + 1)
+            directories = [os.path.join(model_dir, split) for split in SPLITS]
+            second = _second_after_existing_files(directories)
+            for directory in directories:
+                mark_restart(directory, resumed_step + 1, second)
         if enabled:
             self.train = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
             self.eval = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
@@ -61,10 +63,37 @@ class Summaries:
             self.eval.flush()
 
 
-def mark_restart(directory: str, first_step: int) -> None:
+def _event_file_second(name: str) -> int | None:
+    """The creation second in an event file's name: events.out.tfevents.<second>.<host>..."""
+    parts = name.split(".")
+    if len(parts) > 4 and name.startswith("events.out.tfevents.") and parts[3].isdigit():
+        return int(parts[3])
+    return None
+
+
+def _second_after_existing_files(directories, max_wait: float = 2.0) -> int:
+    """Waits, if need be, until the wall-clock second is later than every existing event
+    file's, and returns it. TensorBoard reads a run's files in name order, and names differ
+    in the second first: a marker or writer created in the same second as the killed run's
+    files could sort before them (the pid and writer counter that follow compare as text;
+    CI saw the resumed run's steps 6-8 shown before the killed run's 1-8). The wait is at
+    most `max_wait` seconds, once per resume; a clock that runs behind the one that wrote the
+    files by more than that (another host on a shared filesystem) is not waited out."""
+    seconds = [_event_file_second(name)
+               for directory in directories if os.path.isdir(directory)
+               for name in os.listdir(directory)]
+    newest = max((s for s in seconds if s is not None), default=-1)
+    wait = newest + 1 - time.time()
+    if 0 < wait <= max_wait:
+        time.sleep(wait)
+    return int(time.time())
+
+
+def mark_restart(directory: str, first_step: int, second: int) -> None:
     """Writes TensorBoard's restart marker (a SessionLog START event at `first_step`) in an
-    event file of its own, named to sort after the killed run's files and before the new
-    writer's (the same timestamp, then '0' before the pid). TensorBoard then drops every
+    event file of its own, named to sort after the killed run's files (a later `second`,
+    see _second_after_existing_files) and before the new writer's (the same or a later
+    second, then '0' before the pid). TensorBoard then drops every
     event at or after `first_step` read before the marker: the steps a killed run logged
     after its last checkpoint are shown once, as the resumed run logs them.
 
@@ -73,7 +102,7 @@ def mark_restart(directory: str, first_step: int) -> None:
     write none); a second purge at the same step changes nothing."""
     if not os.path.isdir(directory):
         return
-    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.0restart.v2"
+    name = f"events.out.tfevents.{second:010d}.{socket.gethostname()}.0restart.v2"
     start = event_pb2.Event(wall_time=time.time(), step=first_step,
                             session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
     with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -272,6 +273,24 @@ def test_tensorboard_shows_each_train_step_once_after_a_resume(tmp_path, domains
     assert resumed["resumed_from_step"] == 5
     # What TensorBoard's server reads with (the legacy EventAccumulator of _scalars does
     # not apply restart markers to tensor summaries).
+    shown = plugin_event_accumulator.EventAccumulator(str(tmp_path / "train"))
+    shown.Reload()
+    assert [e.step for e in shown.Tensors("label_loss")] == list(range(1, 9))
+
+
+def test_tensorboard_order_holds_when_the_resume_starts_in_the_killed_runs_second(tmp_path,
+                                                                                 domains):
+    """Event files are read in name order, and a name differs first in its creation second.
+    CI resumed within the second the killed run's file was created, whose writer counter
+    (compared as text) then sorted after the marker and the new file: steps 6-8 twice."""
+    config = tiny_config(tmp_path, train_steps=8, checkpoint_every=5, log_every=1, export=False)
+    trainer.train_and_evaluate(config, domains=domains)
+    _roll_back_to(tmp_path, 5)
+    (killed,) = os.listdir(tmp_path / "train")
+    parts = killed.split(".")
+    parts[3], parts[-2] = f"{int(time.time()) + 1:010d}", "99"   # now, in its next second
+    os.rename(tmp_path / "train" / killed, tmp_path / "train" / ".".join(parts))
+    assert trainer.train_and_evaluate(config, domains=domains)["resumed_from_step"] == 5
     shown = plugin_event_accumulator.EventAccumulator(str(tmp_path / "train"))
     shown.Reload()
     assert [e.step for e in shown.Tensors("label_loss")] == list(range(1, 9))
