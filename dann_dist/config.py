@@ -19,6 +19,8 @@ from dann_dist.data.flags import DATA_FLAGS
 ADAPTATIONS = ("dann", "source_only", "target_only")
 ADVERSARIAL_LOSSES = ("grl", "flipped_labels")
 HEADS = ("paper", "bn")
+INPUT_NORMS = ("none", "image", "channel")
+AUGMENTATIONS = ("none", "colour")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("annealed", "constant")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -62,6 +64,26 @@ class Config:
                                      "deeper BatchNorm MLP (256-128-64-32-1).", HEADS)
     sync_batchnorm: bool = _field(False, "Synchronise BatchNorm statistics across replicas "
                                   "(tf.distribute backends; Horovod keeps per-rank statistics).")
+    # The strong recipe's additions (configs/mnist_mnistm_strong.cfg; results/strong.md).
+    input_norm: str = _field("none", "none: pixels minus the training mean (paper); image: "
+                             "each image standardised over its pixels and channels (removes "
+                             "brightness and contrast); channel: each colour channel of each "
+                             "image standardised (instance norm; also removes colour).",
+                             INPUT_NORMS)
+    extractor_bn: bool = _field(False, "BatchNorm after each convolution of the extractor, "
+                                "with statistics over the joint source+target batch (the "
+                                "extractor sees both domains in one call).")
+    extractor_width: float = _field(1.0, "Multiplies the extractor's 32/48 filters (2: 64/96). "
+                                    "Its cost grows about as the square.")
+    source_augment: str = _field("none", "none; colour: every source image gets a random "
+                                 "contrast and offset per colour channel and is inverted with "
+                                 "probability 1/2 (MNIST-M digits are coloured photo patches "
+                                 "on photo backgrounds). Keyed by seed and step: the same on "
+                                 "every backend.", AUGMENTATIONS)
+    target_entropy_weight: float = _field(0.0, "Weight of the mean prediction entropy on the "
+                                          "target batch (conditional entropy, as in VADA), "
+                                          "ramped with lambda_p; 0: off. Uses no target "
+                                          "labels.")
 
     # Optimisation (paper: SGD momentum 0.9, mu_p = mu_0 / (1 + alpha p)^beta).
     train_steps: int = _field(12000, "Total optimisation steps; p = step / train_steps. "
@@ -267,8 +289,10 @@ _FLOAT_RANGES = {
     "domain_loss_weight": (0.0, 100.0, True),  # > 0
     "warmup_fraction": (0.0, 1.0, False),
     "clip_norm": (0.0, 1e6, True),
+    "extractor_width": (0.0, 8.0, True),       # > 0
+    "target_entropy_weight": (0.0, 100.0, True),
 }
-_POSITIVE_FLOATS = ("learning_rate", "domain_loss_weight")
+_POSITIVE_FLOATS = ("learning_rate", "domain_loss_weight", "extractor_width")
 
 
 def _check_floats(config: Config) -> None:

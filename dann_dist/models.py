@@ -27,20 +27,47 @@ def reverse_gradient(x, lam):
     return tf.identity(x), grad
 
 
-def feature_extractor() -> keras.Model:
-    # The paper's conv -> ReLU -> max-pool, computed as conv -> max-pool -> ReLU: the same
-    # function and gradients (ReLU is monotone, so it commutes with max), with ReLU and its
-    # gradient on a quarter of the values; 2-3% faster per step on CPU (BENCHMARKS.md).
-    return keras.Sequential([
-        keras.Input(IMAGE_SHAPE),
-        layers.Conv2D(32, 5),
-        layers.MaxPool2D(2, 2),
-        layers.ReLU(),
-        layers.Conv2D(48, 5),
-        layers.MaxPool2D(2, 2),
-        layers.ReLU(),
-        layers.Flatten(),
-    ], name="feature_extractor")
+class Standardize(layers.Layer):
+    """Per-image standardisation: zero mean and unit variance over `axes` of each image
+    (image: height, width and channels; channel: height and width, i.e. instance norm).
+    Computed in float32; the floor on the std is tf.image.per_image_standardization's, so
+    a blank image gives zeros, not NaN."""
+
+    def __init__(self, per_channel: bool, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.per_channel = per_channel
+
+    def call(self, x):
+        axes = [1, 2] if self.per_channel else [1, 2, 3]
+        count = 1
+        for axis in axes:
+            count *= x.shape[axis]
+        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+        std = tf.math.reduce_std(x, axis=axes, keepdims=True)
+        return (x - mean) / tf.maximum(std, 1.0 / count ** 0.5)
+
+    def get_config(self):
+        return {**super().get_config(), "per_channel": self.per_channel}
+
+
+def feature_extractor(input_norm: str = "none", batchnorm: bool = False, width: float = 1.0,
+                      synchronized: bool = False) -> keras.Model:
+    """The paper's extractor (defaults), or the strong recipe's variants of it."""
+    head = []
+    if input_norm != "none":
+        head.append(Standardize(per_channel=input_norm == "channel", name="standardize"))
+    body = []
+    for filters in (32, 48):
+        # The paper's conv -> ReLU -> max-pool, computed as conv -> max-pool -> ReLU: the
+        # same function and gradients (ReLU is monotone, so it commutes with max), with ReLU
+        # and its gradient on a quarter of the values; 2-3% faster per step on CPU
+        # (BENCHMARKS.md). BatchNorm goes before the pool, on the convolution's output.
+        body.append(layers.Conv2D(max(1, round(filters * width)), 5, use_bias=not batchnorm))
+        if batchnorm:
+            body.append(layers.BatchNormalization(synchronized=synchronized))
+        body += [layers.MaxPool2D(2, 2), layers.ReLU()]
+    return keras.Sequential([keras.Input(IMAGE_SHAPE), *head, *body, layers.Flatten()],
+                            name="feature_extractor")
 
 
 def _bn_block(units: int, synchronized: bool) -> list:
@@ -94,11 +121,20 @@ def precision_policy(name: str):
 
 
 def build_models(classifier_head: str = "paper", discriminator_head: str = "paper",
-                 sync_batchnorm: bool = False) -> DannModels:
-    extractor = feature_extractor()
+                 sync_batchnorm: bool = False, *, input_norm: str = "none",
+                 extractor_bn: bool = False, extractor_width: float = 1.0) -> DannModels:
+    extractor = feature_extractor(input_norm, extractor_bn, extractor_width, sync_batchnorm)
     feature_dim = extractor.output_shape[-1]
     return DannModels(
         extractor=extractor,
         classifier=label_classifier(feature_dim, classifier_head, sync_batchnorm),
         discriminator=domain_discriminator(feature_dim, discriminator_head, sync_batchnorm),
     )
+
+
+def models_for(config, sync_batchnorm: bool | None = None) -> DannModels:
+    """The models a Config describes (sync_batchnorm: the config's unless given)."""
+    sync = config.sync_batchnorm if sync_batchnorm is None else sync_batchnorm
+    return build_models(config.classifier_head, config.discriminator_head, sync,
+                        input_norm=config.input_norm, extractor_bn=config.extractor_bn,
+                        extractor_width=config.extractor_width)

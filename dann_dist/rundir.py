@@ -94,12 +94,12 @@ def restore_run(model_dir: str, checkpoint: str = ""):
     # must not pay for TensorFlow's start-up.
     from dann_dist import checkpoints, distribute
     from dann_dist import step as step_lib
-    from dann_dist.models import build_models, precision_policy
+    from dann_dist.models import models_for, precision_policy
 
     config, mean = load_run(model_dir)
     # Runs recorded before precision was resolved at start may say "auto".
     with precision_policy(distribute.resolve_precision(config.precision)[0]):
-        models = build_models(config.classifier_head, config.discriminator_head)
+        models = models_for(config, sync_batchnorm=False)
     state = step_lib.create_state(models, config)
     manager = checkpoints.make_manager(state.trackables(), model_dir, keep=config.keep_checkpoints)
     if checkpoint:

@@ -131,6 +131,7 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
     flipped = config.adversarial_loss == "flipped_labels"
     label_xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     domain_xent = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+    entropy_weight = config.target_entropy_weight
 
     def compute(batch, lam, step, scale):
         source, labels = batch["source_images"], batch["source_labels"]
@@ -140,7 +141,17 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
         domain_labels = tf.concat([tf.zeros([n, 1]), tf.ones([tf.shape(target)[0], 1])], axis=0)
         with tf.GradientTape(persistent=flipped) as tape:
             features = extractor(tf.concat([source, target], axis=0), training=True)
-            label_logits = classifier(features[:n], training=True)
+            if entropy_weight > 0:
+                all_logits = classifier(features, training=True)
+                label_logits = all_logits[:n]
+                # VADA's conditional entropy on the target batch, ramped like the
+                # adversarial term (lam is 0 early, when predictions are still noise).
+                target_log_p = tf.nn.log_softmax(all_logits[n:])
+                entropy_sum = -tf.reduce_sum(tf.exp(target_log_p) * target_log_p)
+                entropy_loss = lam * entropy_weight * entropy_sum / global_batch
+            else:
+                label_logits = classifier(features[:n], training=True)
+                entropy_loss = 0.0
             label_loss_sum = tf.reduce_sum(label_xent(labels, label_logits))
             if config.debug_nan_step >= 0:
                 # `step` counts the steps done before this one: this is step + 1, the
@@ -158,10 +169,11 @@ def make_compute_gradients(models: DannModels, config: Config, global_batch: int
             if flipped:
                 fooled = domain_xent(1.0 - domain_labels, domain_logits)
                 fooled_loss = tf.reduce_sum(fooled) * domain_weight
-                scaled_losses = [(label_loss + lam * fooled_loss) * scale, label_loss * scale,
-                                 domain_loss * scale]
+                classifier_loss = label_loss + entropy_loss
+                scaled_losses = [(classifier_loss + lam * fooled_loss) * scale,
+                                 classifier_loss * scale, domain_loss * scale]
             else:
-                scaled_total = (label_loss + domain_loss) * scale
+                scaled_total = (label_loss + entropy_loss + domain_loss) * scale
 
         if flipped:
             grads = [g for loss, model in zip(scaled_losses, models.groups)

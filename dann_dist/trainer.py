@@ -28,7 +28,7 @@ from dann_dist.data import sample_grid
 from dann_dist.data.load import load_domains
 from dann_dist.data.pipeline import channel_mean, train_dataset
 from dann_dist.eval_lib import make_evaluator
-from dann_dist.models import build_models
+from dann_dist.models import models_for
 from dann_dist.summaries import Summaries
 
 
@@ -252,8 +252,7 @@ def load_inputs(config: config_lib.Config, backend, domains):
 
 def build(config: config_lib.Config, backend, inputs: Inputs, fingerprint: str) -> Run:
     with backend.scope():
-        models = build_models(config.classifier_head, config.discriminator_head,
-                              config.sync_batchnorm)
+        models = models_for(config)
         state = step_lib.create_state(models, config)
     return Run(config, backend, inputs, fingerprint, state, _make_manager(config, backend, state),
                make_evaluator(models))
@@ -329,7 +328,8 @@ def train_loop(run: Run, signals: _Signals) -> int:
     iterator = backend.distribute(lambda index, count, replicas: train_dataset(
         inputs.train_x, inputs.train_y, inputs.target_x, mean=inputs.mean,
         per_replica_batch=per_replica, seed=config.seed, replicas_per_pipeline=replicas,
-        pipeline_index=index, num_pipelines=count, start_step=step))
+        pipeline_index=index, num_pipelines=count, start_step=step,
+        source_augment=config.source_augment))
     train_step = step_lib.make_train_step(run.state, config, backend)
     window = _Window()
     with signals.deferred():

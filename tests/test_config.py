@@ -1,5 +1,6 @@
 """Config: the training budget, the scaling rules and flag validation (no training)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -65,9 +66,9 @@ def test_a_config_whose_steps_disagree_with_its_budget_is_refused(tmp_path):
                         eval_every=0))
 
 
-@pytest.mark.parametrize("name", ["learning_rate", "momentum", "ema_momentum", "lr_alpha",
-                                  "lr_beta", "gamma", "lambda_max", "domain_loss_weight",
-                                  "warmup_fraction"])
+# Every float field, so that a new float flag is checked without editing this list.
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Config)
+                                  if f.type == "float"])
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_every_float_flag_must_be_finite(tmp_path, name, value):
     with pytest.raises(ConfigError, match=f"--{name}=.*finite"):
@@ -76,7 +77,9 @@ def test_every_float_flag_must_be_finite(tmp_path, name, value):
 
 @pytest.mark.parametrize("name, value", [("learning_rate", 0.0), ("learning_rate", 11.0),
                                          ("momentum", 1.0), ("gamma", -1.0),
-                                         ("lambda_max", -0.5), ("lr_beta", -1.0)])
+                                         ("lambda_max", -0.5), ("lr_beta", -1.0),
+                                         ("extractor_width", 0.0), ("extractor_width", 9.0),
+                                         ("target_entropy_weight", -0.1)])
 def test_float_flags_out_of_range_are_refused(tmp_path, name, value):
     with pytest.raises(ConfigError, match=f"--{name}="):
         validate(Config(model_dir=str(tmp_path), **{name: value}))
@@ -132,3 +135,19 @@ def test_test_hooks_are_not_user_flags(tmp_path):
                               "--debug_nan_step=3"], capture_output=True, text=True)
     assert refused.returncode == 2 and "debug_nan_step" in refused.stderr
     assert parse(f"--model_dir={tmp_path}").debug_nan_step == -1
+
+
+@pytest.mark.parametrize("name, value", [("input_norm", "batch"), ("source_augment", "flip")])
+def test_strong_recipe_choices_are_checked(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=f"--{name}='{value}': choose one of"):
+        validate(Config(model_dir=str(tmp_path), **{name: value}))
+
+
+def test_the_strong_flagfile_is_the_paper_recipe_plus_its_four_additions(tmp_path):
+    paper = parse("--flagfile=configs/mnist_mnistm.cfg", f"--model_dir={tmp_path}")
+    strong = parse("--flagfile=configs/mnist_mnistm_strong.cfg", f"--model_dir={tmp_path}")
+    differ = {k: v for k, v in config_lib.to_dict(strong).items()
+              if config_lib.to_dict(paper)[k] != v}
+    assert differ == {"input_norm": "image", "extractor_bn": True, "source_augment": "colour",
+                      "target_entropy_weight": 0.1}
+    assert strong.adaptation == "dann" and strong.train_steps == 24000

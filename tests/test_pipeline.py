@@ -93,3 +93,47 @@ def test_batch_larger_than_a_domain_is_a_clear_error():
     source, labels, target = _arrays(10, 10)
     with pytest.raises(ValueError, match="lower --batch_size"):
         train_dataset(source, labels, target, mean=np.zeros(3), per_replica_batch=16, seed=0)
+
+
+def _augmented(steps, **kwargs):
+    source, labels, target = _arrays(64, 32)
+    source[:, 10:18, 10:18, 0] = 200                   # a gray "digit" on black
+    ds = train_dataset(source, labels, target, mean=np.zeros(3, np.float32), seed=7,
+                       source_augment="colour", **kwargs)
+    return [batch["source_images"].numpy() for batch in ds.take(steps)]
+
+
+def test_colour_augmentation_colours_and_inverts_gray_digits_within_range():
+    images = np.concatenate(_augmented(8, per_replica_batch=16))
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    background, digit = images[:, 25, 25], images[:, 14, 14]
+    # Coloured: the channels of one pixel differ (the gray input had them equal).
+    assert np.mean(np.ptp(background, axis=1) > 0.05) > 0.8
+    # Inverted about half the time: the digit is then darker than the background.
+    inverted = np.mean(digit.mean(axis=1) < background.mean(axis=1))
+    assert 0.3 < inverted < 0.7
+    # Contrast at least MIN_CONTRAST of the input's 200/255 gap, in every channel.
+    assert np.all(np.abs(digit - background) >= 0.3 * 200 / 255 - 1e-5)
+
+
+def test_colour_augmentation_is_the_same_on_every_backend_and_after_a_resume():
+    single = _augmented(4, per_replica_batch=16)
+    shards = [_augmented(4, per_replica_batch=8, num_pipelines=2, pipeline_index=r)
+              for r in range(2)]
+    mirrored = _augmented(8, per_replica_batch=8, replicas_per_pipeline=2)
+    resumed = _augmented(2, per_replica_batch=16, start_step=2)
+    for k in range(4):
+        np.testing.assert_array_equal(np.concatenate([s[k] for s in shards]), single[k])
+        np.testing.assert_array_equal(np.concatenate(mirrored[2 * k:2 * k + 2]), single[k])
+    np.testing.assert_array_equal(resumed[0], single[2])
+    assert not np.array_equal(single[0], single[1])
+
+
+def test_without_augmentation_source_images_are_the_plain_preprocessing():
+    source, labels, target = _arrays(64, 32)
+    ds = train_dataset(source, labels, target, mean=np.zeros(3, np.float32), seed=7,
+                       per_replica_batch=16)
+    batch = next(iter(ds))
+    expected = to_model_input(tf.constant(source), np.zeros(3)).numpy()
+    np.testing.assert_array_equal(batch["source_images"].numpy(),
+                                  expected[_indices(batch["source_images"].numpy())])

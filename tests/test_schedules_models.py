@@ -149,3 +149,64 @@ def test_bn_heads_are_the_origin_scripts():
     assert dense == [256, 128, 64, 32, 1]
     assert any(isinstance(layer, tf.keras.layers.BatchNormalization)
                for layer in models.classifier.layers)
+
+
+@pytest.mark.parametrize("input_norm, axes", [("image", (1, 2, 3)), ("channel", (1, 2))])
+def test_input_standardisation_gives_each_image_zero_mean_unit_std(input_norm, axes):
+    extractor = build_models(input_norm=input_norm).extractor
+    standardize = extractor.layers[0]
+    x = tf.random.stateless_uniform([3, 28, 28, 3], seed=[1, 1]) * [[[[0.2, 0.5, 1.0]]]] + 0.3
+    y = standardize(x).numpy()
+    np.testing.assert_allclose(y.mean(axis=axes), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=axes), 1.0, atol=1e-4)
+    # Invariant to brightness and contrast: the point of it on MNIST-M.
+    np.testing.assert_allclose(standardize(3.0 * x - 0.7).numpy(), y, atol=1e-4)
+    # A blank image gives zeros, not NaN; the extractor still has the paper's weights.
+    assert np.all(standardize(tf.zeros([1, 28, 28, 3])).numpy() == 0.0)
+    assert extractor.count_params() == build_models().extractor.count_params()
+
+
+def test_extractor_batchnorm_and_width():
+    wide = build_models(extractor_bn=True, extractor_width=2.0).extractor
+    convs = [layer for layer in wide.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [64, 96]
+    assert not any(c.use_bias for c in convs)          # BatchNorm's offset replaces the bias
+    norms = [la for la in wide.layers if isinstance(la, tf.keras.layers.BatchNormalization)]
+    assert len(norms) == 2
+    assert wide(tf.zeros([2, 28, 28, 3])).shape == (2, 4 * 4 * 96)
+
+
+def test_models_for_builds_what_the_config_says(tmp_path):
+    from dann_dist.models import models_for
+
+    config = tiny_config(tmp_path, input_norm="channel", extractor_bn=True, extractor_width=1.5)
+    extractor = models_for(config).extractor
+    assert extractor.layers[0].per_channel
+    assert [layer.filters for layer in extractor.layers
+            if isinstance(layer, tf.keras.layers.Conv2D)] == [48, 72]
+
+
+def test_target_entropy_adds_its_ramped_gradient_and_nothing_else(tmp_path):
+    # VADA's conditional entropy: lam * w * mean over the target batch of H(p(y|x)), on the
+    # extractor and the classifier; the discriminator's gradient is unchanged.
+    n, lam, weight = 4, 0.6, 0.3
+    batch = {"source_images": tf.random.stateless_normal([n, 28, 28, 3], seed=[3, 4]),
+             "source_labels": tf.constant([1, 7, 3, 3]),
+             "target_images": tf.random.stateless_normal([n, 28, 28, 3], seed=[5, 6])}
+    models = build_models()
+    args = (batch, tf.constant(lam), tf.constant(0, tf.int64), tf.constant(1.0))
+    plain, _ = make_compute_gradients(models, tiny_config(tmp_path), n)(*args)
+    with_entropy, _ = make_compute_gradients(
+        models, tiny_config(tmp_path, target_entropy_weight=weight), n)(*args)
+
+    extractor, classifier, discriminator = models.groups
+    with tf.GradientTape() as tape:
+        p = tf.nn.softmax(classifier(extractor(batch["target_images"])))
+        entropy_term = lam * weight * tf.reduce_mean(-tf.reduce_sum(p * tf.math.log(p), -1))
+    extra = tape.gradient(entropy_term,
+                          extractor.trainable_variables + classifier.trainable_variables)
+    extra += [tf.zeros_like(v) for v in discriminator.trainable_variables]
+    assert len(with_entropy) == len(plain) == len(extra)
+    for ours, base, ref in zip(with_entropy, plain, extra):
+        np.testing.assert_allclose((ours - base).numpy(), ref.numpy(), rtol=1e-3, atol=1e-6)
+    assert any(np.abs(ref.numpy()).max() > 1e-4 for ref in extra)

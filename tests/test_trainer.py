@@ -108,6 +108,28 @@ def test_flipped_labels_and_bn_heads_train(tmp_path, domains):
     assert np.isfinite(metrics["source_loss"])
 
 
+@pytest.mark.parametrize("adversarial_loss", ["grl", "flipped_labels"])
+def test_strong_recipe_trains_exports_and_reevaluates_to_the_same_metrics(tmp_path, domains,
+                                                                         adversarial_loss):
+    # Every addition at once: the export and a re-evaluation must rebuild the same extractor
+    # (standardisation, BatchNorm moving statistics, width) from run.json.
+    from dann_dist import evaluate
+
+    config = tiny_config(tmp_path, train_steps=12, adversarial_loss=adversarial_loss,
+                         input_norm="image", extractor_bn=True, extractor_width=1.5,
+                         source_augment="colour", target_entropy_weight=0.1, ema_momentum=0.9)
+    final = trainer.train_and_evaluate(config, domains=domains)
+    again = evaluate.evaluate_run(str(tmp_path), domains=domains,
+                                  eval_batch_size=config.eval_batch_size)
+    for name in ("source_accuracy", "target_accuracy", "domain_accuracy"):
+        assert again[name] == final[name], name
+    exported = tf.saved_model.load(str(tmp_path / "export"))
+    target = domains[1]
+    predicted = exported.serve(tf.constant(target.x_test)).numpy().argmax(axis=1)
+    assert np.mean(predicted == target.y_test) == pytest.approx(final["target_accuracy"],
+                                                                abs=1e-9)
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, domains):
     config = tiny_config(tmp_path, train_steps=20, checkpoint_every=5, debug_nan_step=7)
     # The hook makes the loss of optimizer step 7 NaN; the guard names that step.

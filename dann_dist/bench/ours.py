@@ -15,7 +15,7 @@ from dann_dist.config import Config
 from dann_dist.data.pipeline import train_dataset
 from dann_dist.distribute import Backend
 from dann_dist.eval_lib import make_evaluator
-from dann_dist.models import build_models
+from dann_dist.models import models_for
 
 
 def _private_threads(dataset: tf.data.Dataset, threads: int) -> tf.data.Dataset:
@@ -60,8 +60,7 @@ class Ours:
         self.name, self.config, self.backend = name, config, backend
         self.per_replica = backend.per_replica_batch(config.batch_size)
         with backend.scope():
-            self.models = build_models(config.classifier_head, config.discriminator_head,
-                                       config.sync_batchnorm)
+            self.models = models_for(config)
             self.state = step_lib.create_state(self.models, config)
         backend.broadcast_initial_state(self.state.all_variables() + [self.state.step])
         self.dataset_fn = make_dataset_fn(arrays, mean, self.per_replica, config.seed,

@@ -27,12 +27,44 @@ def channel_mean(*image_sets: np.ndarray) -> np.ndarray:
     return (total / count).astype(np.float32)
 
 
-def to_model_input(images: tf.Tensor, mean) -> tf.Tensor:
-    """uint8 [..., 28, 28, 1 or 3] -> float32 RGB in [0,1] minus the training mean."""
+def unit_rgb(images: tf.Tensor) -> tf.Tensor:
+    """uint8 [..., 28, 28, 1 or 3] -> float32 RGB in [0,1]."""
     x = tf.cast(images, tf.float32) / 255.0
     if x.shape[-1] == 1:
         x = tf.tile(x, [1] * (x.shape.rank - 1) + [3])
-    return x - tf.convert_to_tensor(mean, tf.float32)
+    return x
+
+
+def to_model_input(images: tf.Tensor, mean) -> tf.Tensor:
+    """uint8 [..., 28, 28, 1 or 3] -> float32 RGB in [0,1] minus the training mean."""
+    return unit_rgb(images) - tf.convert_to_tensor(mean, tf.float32)
+
+
+# Per image: a contrast and an offset per colour channel, and an inversion draw.
+AUGMENT_PARAMS = 7
+MIN_CONTRAST = 0.3
+
+
+def augment_params(global_batch: int, seed: int, start_step: int = 0) -> tf.data.Dataset:
+    """Infinite dataset of float32 [global_batch, AUGMENT_PARAMS] uniforms, one per step,
+    keyed by (seed, step) alone: split like the indices, every backend and resume draws
+    the same values for the same example of the same step."""
+    def draw(step):
+        # A negative second seed word: never equal to a shuffle's (epoch * 2 + stream).
+        return tf.random.stateless_uniform([global_batch, AUGMENT_PARAMS],
+                                           seed=tf.stack([tf.cast(seed, tf.int64), -1 - step]))
+    return tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(draw)
+
+
+def colour_augment(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
+    """uint8 images -> float32 RGB in [0,1] with, per image, a random contrast in
+    [MIN_CONTRAST, 1] and a random offset per channel (the result stays in [0,1]), then an
+    inversion with probability 1/2: gray digits become coloured digits on coloured
+    backgrounds, light on dark or dark on light, as in MNIST-M."""
+    x = unit_rgb(images)
+    contrast = MIN_CONTRAST + (1.0 - MIN_CONTRAST) * params[:, None, None, 0:3]
+    x = x * contrast + (1.0 - contrast) * params[:, None, None, 3:6]
+    return tf.where(params[:, None, None, 6:7] < 0.5, 1.0 - x, x)
 
 
 def index_batches(num_examples: int, global_batch: int, seed: int, stream: int,
@@ -59,13 +91,17 @@ def index_batches(num_examples: int, global_batch: int, seed: int, stream: int,
 
 def replica_indices(indices: tf.data.Dataset, per_replica_batch: int, replicas_per_pipeline: int,
                     pipeline_index: int) -> tf.data.Dataset:
-    """Global index batches -> this pipeline's R consecutive per-replica batches."""
+    """Global index batches -> this pipeline's R consecutive per-replica batches (a
+    dataset of tuples: each member split alike; a one-tensor dataset stays one tensor)."""
     block = per_replica_batch * replicas_per_pipeline
     start = pipeline_index * block
 
-    def split(batch):
-        return tf.data.Dataset.from_tensor_slices(
-            tf.reshape(batch[start:start + block], [replicas_per_pipeline, per_replica_batch]))
+    def split(*batch):
+        # Any tensors whose first dimension is the global batch (indices, augmentation).
+        parts = tuple(tf.reshape(t[start:start + block],
+                                 [replicas_per_pipeline, per_replica_batch, *t.shape[1:]])
+                      for t in batch)
+        return tf.data.Dataset.from_tensor_slices(parts[0] if len(parts) == 1 else parts)
 
     return indices.flat_map(split)
 
@@ -73,24 +109,34 @@ def replica_indices(indices: tf.data.Dataset, per_replica_batch: int, replicas_p
 def train_dataset(source_images: np.ndarray, source_labels: np.ndarray, target_images: np.ndarray,
                   *, mean, per_replica_batch: int, seed: int, replicas_per_pipeline: int = 1,
                   pipeline_index: int = 0, num_pipelines: int = 1,
-                  start_step: int = 0) -> tf.data.Dataset:
+                  start_step: int = 0, source_augment: str = "none") -> tf.data.Dataset:
     """Infinite paired batches {source_images, source_labels, target_images} for one
     input pipeline (a Horovod rank, or a tf.distribute worker serving R replicas)."""
     if not 0 <= pipeline_index < num_pipelines:
         raise ValueError(f"pipeline_index {pipeline_index} not in [0, {num_pipelines})")
     global_batch = per_replica_batch * replicas_per_pipeline * num_pipelines
 
+    augment = source_augment == "colour"
+
     def stream(num_examples, which):
-        return replica_indices(index_batches(num_examples, global_batch, seed, which, start_step),
-                               per_replica_batch, replicas_per_pipeline, pipeline_index)
+        indices = index_batches(num_examples, global_batch, seed, which, start_step)
+        if augment and which == SOURCE_STREAM:
+            indices = tf.data.Dataset.zip((indices,
+                                           augment_params(global_batch, seed, start_step)))
+        return replica_indices(indices, per_replica_batch, replicas_per_pipeline, pipeline_index)
 
     source_x = tf.constant(source_images)
     source_y = tf.constant(source_labels.astype(np.int32))
     target_x = tf.constant(target_images)
+    mean = tf.constant(mean, tf.float32)
 
-    def gather(source_idx, target_idx):
+    def gather(source, target_idx):
+        source_idx, params = source if augment else (source, None)
+        images = tf.gather(source_x, source_idx)
+        source_in = (colour_augment(images, params) - mean if augment
+                     else to_model_input(images, mean))
         return {
-            "source_images": to_model_input(tf.gather(source_x, source_idx), mean),
+            "source_images": source_in,
             "source_labels": tf.gather(source_y, source_idx),
             "target_images": to_model_input(tf.gather(target_x, target_idx), mean),
         }
