@@ -14,7 +14,7 @@ from typing import Any
 
 from absl import flags
 
-from dann_dist.data.flags import DATA_FLAGS
+from dann_dist.data.flags import DATA_FLAGS, DEFAULT_MNISTM_VERSION
 
 ADAPTATIONS = ("dann", "source_only", "target_only")
 ADVERSARIAL_LOSSES = ("grl", "flipped_labels")
@@ -49,7 +49,7 @@ class Config:
     mnistm_path: str = _field("", "see dann_dist.data")
     bsds_path: str = _field("", "see dann_dist.data")
     mnistm_seed: int = _field(42, "see dann_dist.data")
-    mnistm_version: int = _field(1, "see dann_dist.data")
+    mnistm_version: int = _field(DEFAULT_MNISTM_VERSION, "see dann_dist.data")
 
     # What is trained.
     adaptation: str = _field("dann", "dann: adversarial adaptation; source_only: lambda=0 "

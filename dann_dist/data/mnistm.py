@@ -10,10 +10,12 @@ Where it comes from, by precedence:
     MNIST-M-style set, NOT the published MNIST-M, and it is described as such
     everywhere.
 Generated sets come from one of two generator versions (--mnistm_version):
-1, the published recipe on 11 wheel photos (mnistm_recipe; the default, kept
-byte-for-byte so earlier results stay reproducible), or 2, the same blend on 12
-photos at several scales with flips and a colour match to the published set's
-pixel statistics (mnistm_recipe_v2).
+1, the published recipe on 11 wheel photos (mnistm_recipe; the default until
+2026-12, kept byte-for-byte so earlier results stay reproducible), or 2 (the
+default), the same blend on 12 photos at several scales with flips and a colour
+match to the published set's pixel statistics (mnistm_recipe_v2): version 1's
+pixels had far more contrast than the published set's, which flattered every
+recipe tuned on it (results/strong.md).
 
 Each source has its own cache file in <data_dir>, so the default one only ever
 holds the default set and a user's files never stand in for it on a later run
@@ -42,6 +44,7 @@ from absl import logging
 from dann_dist.data import mnistm_recipe, mnistm_recipe_v2
 from dann_dist.data.domain import SPLITS, Domain, make_domain
 from dann_dist.data.errors import DataError
+from dann_dist.data.flags import DEFAULT_MNISTM_VERSION
 from dann_dist.data.mnistm_files import read_mnistm_path
 from dann_dist.data.photos import (
     WHEEL_PHOTOS,
@@ -54,7 +57,7 @@ from dann_dist.data.storage import ensure_dir, load_cache, save_cache, sha256_by
 
 CACHE_NAME = "mnistm.npz"
 NOT_PUBLISHED = "NOT the published MNIST-M"
-DEFAULT_VERSION = 1
+DEFAULT_VERSION = DEFAULT_MNISTM_VERSION
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dann_dist.report.options import (
     ReportError,
     ReportOptions,
 )
+from dann_dist.report.recipes import make_recipes_report, parse_recipes, recipes_markdown
 from dann_dist.report.scaling import make_scaling_report, scaling_markdown
 
 FLAGS = flags.FLAGS
@@ -55,6 +56,13 @@ def define_flags() -> None:
                        "validation accuracy is within this much of the run's best.",
                        lower_bound=0.0)
     _define_scaling_flags()
+    flags.DEFINE_list("recipes", [],
+                      "NAME=FLAGFILE,...: the recipe table, e.g. paper=configs/mnist_mnistm.cfg,"
+                      "strong=configs/mnist_mnistm_strong.cfg. Each recipe is an ordinary report "
+                      "in <report_dir>/<NAME>/, its missing runs trained with its flagfile (not "
+                      "--train_flagfile); <report_dir>/report.md and report.json (key recipes) "
+                      "then hold one row per recipe and method, with the label-free criteria "
+                      "and the cost. Empty: the ordinary report.")
 
 
 def _define_scaling_flags() -> None:
@@ -85,11 +93,24 @@ def options_from_flags(train_flags: list[str]) -> ReportOptions:
         train_flags=tuple(train_flags), collect_only=FLAGS.collect_only, jobs=FLAGS.jobs,
         pad_examples=FLAGS.pad_examples, entropy_guard=FLAGS.entropy_guard,
         batch_sizes=_batch_sizes(FLAGS.batch_sizes), scaling_flagfile=FLAGS.scaling_flagfile,
-        time_to_accuracy=FLAGS.time_to_accuracy)
+        time_to_accuracy=FLAGS.time_to_accuracy, recipes=_recipes(FLAGS.recipes))
+
+
+def _recipes(values: list[str]) -> tuple[tuple[str, str], ...]:
+    try:
+        return parse_recipes(values)
+    except ReportError as err:
+        cli.fail(str(err), err.exit_code)
 
 
 def _report(options: ReportOptions) -> str:
     """Makes the report the options ask for; returns its markdown."""
+    if options.batch_sizes and options.recipes:
+        raise ReportError("--batch_sizes and --recipes each make a table of their own: give one.",
+                          cli.EXIT_USAGE)
+    if options.recipes:
+        report = make_recipes_report(options)
+        return recipes_markdown(report["recipes"], report["generated"])
     if options.batch_sizes:
         report = make_scaling_report(options)
         return scaling_markdown(report["scaling"], report["generated"])

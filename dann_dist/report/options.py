@@ -46,6 +46,7 @@ class ReportOptions:
     batch_sizes: tuple[int, ...] = ()  # () -> the ordinary report, else the scaling table
     scaling_flagfile: str = SCALING_FLAGFILE
     time_to_accuracy: float = TIME_TO_ACCURACY
+    recipes: tuple[tuple[str, str], ...] = ()  # (name, trainer flagfile): the recipe table
 
 
 def _check_train_flags(options: ReportOptions) -> None:

@@ -17,7 +17,9 @@ from dann_dist.report.runs import log_tail
 RECIPE_KEYS = ("train_steps", "batch_size", "optimizer", "learning_rate", "momentum",
                "lr_schedule", "gamma", "lambda_max", "domain_loss_weight", "adversarial_loss",
                "classifier_head", "discriminator_head", "ema_momentum", "precision", "eval_every",
-               "source_holdout", "selection_images", "max_train_examples", "max_test_examples")
+               "source_holdout", "selection_images", "max_train_examples", "max_test_examples",
+               "input_norm", "extractor_bn", "extractor_width", "source_augment",
+               "target_entropy_weight")
 PER_RUN_KEYS = ("model_dir", "adaptation", "seed")
 # The data flags that say which images a run saw (whether MNIST may be downloaded does not).
 DATA_KEYS = tuple(name for name in DATA_FLAGS if name != "mnist_download")
@@ -105,8 +107,10 @@ def _described_by_flags(config: dict) -> dict:
     elif config.get("bsds_path"):
         target = f"MNIST-M generated from BSDS500 at {config['bsds_path']}"
     else:
-        target = ("default generated MNIST-M-style target (digits blended into natural photos "
-                  "from the scikit-image/scikit-learn wheels; NOT the published MNIST-M)")
+        version = config.get("mnistm_version", 1)
+        target = (f"default generated MNIST-M-style target, generator version {version} "
+                  "(digits blended into natural photos from PyPI wheels; NOT the published "
+                  "MNIST-M)")
     return {"source": source, "target": target, "from": "the runs' data flags (run.json)"}
 
 

@@ -127,7 +127,8 @@ def test_unreadable_bsds_jpeg_names_the_file(files, photos, tmp_path):
 
 
 def test_default_photo_set_is_labelled_not_the_published_mnistm(photos, tmp_path):
-    domain = load_mnistm(str(tmp_path / "data"), tiny_mnist(), photo_source=injected_source(photos))
+    domain = load_mnistm(str(tmp_path / "data"), tiny_mnist(), photo_source=injected_source(photos),
+                         version=1)
     assert domain.description == ("generated MNIST-M-style set from 3 natural photos in test "
                                   "photos (seed 42) - NOT the published MNIST-M")
     _, meta = mnistm.read_cache(tmp_path / "data" / "mnistm.npz")
@@ -150,7 +151,8 @@ def test_cache_reused_until_seed_or_mnist_changes(photos, tmp_path):
 
 def test_damaged_cache_is_detected_and_regenerated(photos, tmp_path, caplog):
     data_dir = tmp_path / "data"
-    original = load_mnistm(str(data_dir), tiny_mnist(), photo_source=injected_source(photos))
+    original = load_mnistm(str(data_dir), tiny_mnist(), photo_source=injected_source(photos),
+                           version=1)
     cache = data_dir / "mnistm.npz"
     raw = bytearray(cache.read_bytes())
     raw[raw.find(original.x_train.tobytes()[:256]) + 300] ^= 0x55
@@ -158,7 +160,7 @@ def test_damaged_cache_is_detected_and_regenerated(photos, tmp_path, caplog):
     calls = []
     with caplog.at_level(logging.WARNING):
         rebuilt = load_mnistm(str(data_dir), tiny_mnist(),
-                              photo_source=injected_source(photos, calls))
+                              photo_source=injected_source(photos, calls), version=1)
     assert "cache is damaged" in caplog.text and calls == [1]
     assert rebuilt.sha256() == original.sha256()
     assert mnistm.read_cache(cache)[0].sha256() == original.sha256()

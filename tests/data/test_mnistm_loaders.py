@@ -241,7 +241,7 @@ def test_mnistm_path_is_cached_apart_and_a_later_run_uses_the_default(published,
     default_calls = []
     source = injected_source(photos, default_calls)
     generated = load_mnistm(str(data_dir), mnist, photo_source=source)
-    default_cache = data_dir / mnistm.CACHE_NAME
+    default_cache = mnistm.cache_path(data_dir)
     before = default_cache.read_bytes()
 
     users = load_mnistm(str(data_dir), mnist, mnistm_path=str(folder))
@@ -253,7 +253,7 @@ def test_mnistm_path_is_cached_apart_and_a_later_run_uses_the_default(published,
         later = load_mnistm(str(data_dir), mnist, photo_source=source)
     assert later.sha256() == generated.sha256() and later.sha256() != users.sha256()
     assert default_calls == [1]  # from its cache, not regenerated
-    assert "source: generated (version 1)" in caplog.text
+    assert f"source: generated (version {mnistm.DEFAULT_VERSION})" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):
         again = load_mnistm(str(data_dir), mnist, mnistm_path=str(folder))

@@ -88,7 +88,7 @@ def test_same_seed_same_bytes_and_not_version_1(varied_photos, tmp_path):
                            photo_source=injected_source(varied_photos), **kwargs)
 
     first, again = load("a", version=2), load("b", version=2)
-    other_seed, version_1 = load("b", seed=7, version=2), load("a")
+    other_seed, version_1 = load("b", seed=7, version=2), load("a", version=1)
     assert first.sha256() == again.sha256()
     assert len({first.sha256(), other_seed.sha256(), version_1.sha256()}) == 3
     assert "generator v2" in first.description and "NOT the published MNIST-M" in first.description
@@ -112,14 +112,14 @@ def test_versions_have_their_own_caches_and_keys(varied_photos, tmp_path):
     data_dir = tmp_path / "data"
     calls = []
     source = injected_source(varied_photos, calls)
-    first_v1 = load_mnistm(str(data_dir), tiny_mnist(), photo_source=source)
+    first_v1 = load_mnistm(str(data_dir), tiny_mnist(), version=1, photo_source=source)
     first_v2 = load_mnistm(str(data_dir), tiny_mnist(), version=2, photo_source=source)
     assert sorted(p.name for p in data_dir.iterdir()) == ["mnistm.npz", "mnistm_v2.npz"]
     _, meta = mnistm.read_cache(data_dir / "mnistm_v2.npz")
     assert meta["key"]["version"] == 2 and meta["version"] == 2
     _, meta_v1 = mnistm.read_cache(data_dir / "mnistm.npz")
     assert "version" not in meta_v1["key"]  # as before the flag, so existing caches stay valid
-    again_v1 = load_mnistm(str(data_dir), tiny_mnist(), photo_source=source)
+    again_v1 = load_mnistm(str(data_dir), tiny_mnist(), version=1, photo_source=source)
     again_v2 = load_mnistm(str(data_dir), tiny_mnist(), version=2, photo_source=source)
     assert again_v1.sha256() == first_v1.sha256() and again_v2.sha256() == first_v2.sha256()
     assert len(calls) == 2  # each version generated once, then read from its own cache
