@@ -62,6 +62,16 @@ def test_bench_reports_every_figure_and_the_ratios():
         assert text in stdout, text
 
 
+def test_bench_times_the_strong_recipe_with_its_augmentation():
+    stdout = run([sys.executable, "-m", "dann_dist.bench", "--strategy=single", "--nobaseline",
+                  "--configs=paper,strong", *TINY]).stdout
+    figures = last_json(stdout)
+    assert set(figures["train"]) == {"paper", "strong"} and figures["failed"] == {}
+    strong = figures["train"]["strong"]
+    positive(strong["steps_per_sec"], "train.strong.steps_per_sec")
+    assert strong["config"]["extractor_bn"] and strong["config"]["source_augment"] == "colour"
+
+
 def test_importing_the_bench_defines_no_flags():
     from absl import flags
 

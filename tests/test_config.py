@@ -150,4 +150,7 @@ def test_the_strong_flagfile_is_the_paper_recipe_plus_its_four_additions(tmp_pat
               if config_lib.to_dict(paper)[k] != v}
     assert differ == {"input_norm": "image", "extractor_bn": True, "source_augment": "colour",
                       "target_entropy_weight": 0.1}
+    from dann_dist.bench.configs import STRONG_OVERRIDES
+
+    assert differ == STRONG_OVERRIDES       # what `dann_dist.bench --configs=strong` times
     assert strong.adaptation == "dann" and strong.train_steps == 24000

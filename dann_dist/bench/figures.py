@@ -22,7 +22,8 @@ SETTINGS_FLAGS = (
     "peak_matmul_size", "seed")
 # The parts of each configuration recorded with its figures.
 CONFIG_FIELDS = ("classifier_head", "discriminator_head", "adversarial_loss", "optimizer",
-                 "precision", "jit_compile")
+                 "precision", "jit_compile", "input_norm", "extractor_bn", "extractor_width",
+                 "source_augment", "target_entropy_weight")
 
 
 @dataclasses.dataclass

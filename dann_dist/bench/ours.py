@@ -25,7 +25,8 @@ def _private_threads(dataset: tf.data.Dataset, threads: int) -> tf.data.Dataset:
 
 
 def make_dataset_fn(arrays: tuple, mean: np.ndarray, per_replica: int, seed: int,
-                    data_threads: int) -> Callable[[int, int, int], tf.data.Dataset]:
+                    data_threads: int, source_augment: str = "none"
+                    ) -> Callable[[int, int, int], tf.data.Dataset]:
     """The backend's dataset_fn(pipeline index, pipelines, replicas per pipeline) over
     the package's train_dataset (0 data_threads: tf.data's shared pool)."""
     source_x, source_y, target_x = arrays
@@ -34,7 +35,7 @@ def make_dataset_fn(arrays: tuple, mean: np.ndarray, per_replica: int, seed: int
         dataset = train_dataset(source_x, source_y, target_x, mean=mean,
                                 per_replica_batch=per_replica, seed=seed,
                                 replicas_per_pipeline=replicas, pipeline_index=index,
-                                num_pipelines=count)
+                                num_pipelines=count, source_augment=source_augment)
         return _private_threads(dataset, data_threads) if data_threads else dataset
 
     return dataset_fn
@@ -64,7 +65,7 @@ class Ours:
             self.state = step_lib.create_state(self.models, config)
         backend.broadcast_initial_state(self.state.all_variables() + [self.state.step])
         self.dataset_fn = make_dataset_fn(arrays, mean, self.per_replica, config.seed,
-                                          data_threads)
+                                          data_threads, config.source_augment)
         self.iterator = backend.distribute(self.dataset_fn)
         self.steps_per_call = steps_per_call
         step = step_lib.make_train_step(self.state, config, backend)
