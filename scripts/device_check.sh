@@ -231,7 +231,8 @@ fi
 # The equivalence runs: same global batch (16 per domain) and steps on 1 and 2 replicas.
 equal_flags=(--flagfile=configs/smoke.cfg --precision=float32 --train_steps=6 --batch_size=16
              --checkpoint_every=6 --log_every=3 --eval_every=0 --export=false)
-# float32 sums in another order: a few ulps after 6 steps (the tests allow the same on CPU).
+# float32 sums in another order: a few ulps after 6 steps. The CPU tests allow 5e-7 (measured
+# 1.35e-7); 20x that here, because cuDNN picks its own algorithms and TF32 matmuls round more.
 tolerance=1e-5
 part_enabled() { [[ " $parts " == *" $1 "* ]]; }
 
