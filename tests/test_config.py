@@ -154,3 +154,15 @@ def test_the_strong_flagfile_is_the_paper_recipe_plus_its_four_additions(tmp_pat
 
     assert differ == STRONG_OVERRIDES       # what `dann_dist.bench --configs=strong` times
     assert strong.adaptation == "dann" and strong.train_steps == 24000
+
+
+def test_the_ablation_flagfiles_add_the_strong_recipes_additions_one_at_a_time(tmp_path):
+    rows = ["configs/mnist_mnistm.cfg", "configs/ablation/norm.cfg",
+            "configs/ablation/norm_bn.cfg", "configs/ablation/norm_bn_augment.cfg",
+            "configs/mnist_mnistm_strong.cfg"]
+    configs = [config_lib.to_dict(parse(f"--flagfile={row}", f"--model_dir={tmp_path}"))
+               for row in rows]
+    added = [{k for k in after if after[k] != before[k]}
+             for before, after in zip(configs, configs[1:])]
+    assert added == [{"input_norm"}, {"extractor_bn"}, {"source_augment"},
+                     {"target_entropy_weight"}]
