@@ -83,15 +83,8 @@ def load_run(model_dir: str) -> tuple[Config, np.ndarray]:
     with open(record_path) as f:
         record = json.load(f)
     known = {f.name for f in dataclasses.fields(Config)}
-    recorded = {**LEGACY_DEFAULTS, **record["config"]}
-    config = Config(**{k: v for k, v in recorded.items() if k in known})
+    config = Config(**{k: v for k, v in record["config"].items() if k in known})
     return config, np.asarray(record["channel_mean"], np.float32)
-
-
-# What a run.json written before a field existed trained with, where that differs from the
-# field's default today: records without mnistm_version predate generator version 2, the
-# default since 2026-12. Every other missing field's default is what such runs used.
-LEGACY_DEFAULTS = {"mnistm_version": 1}
 
 
 def restore_run(model_dir: str, checkpoint: str = ""):
@@ -149,12 +142,11 @@ def eval_steps(model_dir: str) -> set[int]:
 
 def config_changes(model_dir: str, config: Config) -> tuple[list[str], list[str]]:
     """(refused, allowed): '--flag: old -> new' for every flag that differs from the
-    recorded run.json. Flags missing from an older record count as what such runs used
-    (LEGACY_DEFAULTS, else the default)."""
+    recorded run.json. Flags missing from an older record count as their defaults."""
     record = read_json(path(model_dir, RUN_RECORD))
     if not record or "config" not in record:
         return [], []
-    old = {**LEGACY_DEFAULTS, **record["config"]}
+    old = record["config"]
     refused, allowed = [], []
     for field in dataclasses.fields(Config):
         before = old.get(field.name, field.default)

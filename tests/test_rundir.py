@@ -69,18 +69,3 @@ def test_config_changes_refuse_what_is_trained_and_allow_cadence(tmp_path):
                                "--strategy: 'single' -> 'mirrored'"]
     assert rundir.config_changes(str(tmp_path), recorded) == ([], [])
 
-
-def test_a_record_from_before_generator_version_2_means_version_1(tmp_path):
-    # Runs recorded before --mnistm_version existed trained on version 1; reading them with
-    # today's default (2) would re-evaluate them on other data, and resuming would not notice.
-    import numpy as np
-
-    rundir.write_run_record(str(tmp_path), tiny_config(tmp_path), np.zeros(3), {})
-    record = json.loads((tmp_path / rundir.RUN_RECORD).read_text())
-    del record["config"]["mnistm_version"]
-    (tmp_path / rundir.RUN_RECORD).write_text(json.dumps(record))
-    config, _ = rundir.load_run(str(tmp_path))
-    assert config.mnistm_version == 1 and tiny_config(tmp_path).mnistm_version == 2
-    refused, _ = rundir.config_changes(str(tmp_path), tiny_config(tmp_path))
-    assert refused == ["--mnistm_version: 1 -> 2"]
-    assert rundir.config_changes(str(tmp_path), tiny_config(tmp_path, mnistm_version=1)) == ([], [])

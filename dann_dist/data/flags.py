@@ -11,8 +11,11 @@ from dann_dist.data.domain import Domain
 # The data flags, named once: config.py, evaluate.py and the report take them from here.
 DATA_FLAGS = ("data_dir", "mnist_path", "mnist_download", "mnistm_path", "bsds_path", "mnistm_seed",
           "mnistm_version")
-# The generator of the built-in target: 2 since 2026-12 (1 before; see mnistm.py).
-DEFAULT_MNISTM_VERSION = 2
+# The generator of the built-in target. Version 2 matches the published MNIST-M's pixel
+# statistics but is an easier target than version 1, and further from the published set: the
+# paper recipe scored 0.743 on the published set, 0.828 +- 0.010 on version 1 (5 seeds) and
+# 0.873 +- 0.025 on version 2 (3 seeds; results/strong.md). So 1 stays the default.
+DEFAULT_MNISTM_VERSION = 1
 _PICKLE_NOTE = ("Pickles are read with a restricted unpickler that builds only numpy arrays and "
                 "plain containers; one that asks for anything else (code) is refused, not run.")
 
@@ -62,8 +65,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "BSDS500 tarball (BSR_bsds500.tgz) or extracted folder: generate MNIST-M with the "
         "standard recipe from its train photos (BSR/BSDS500/data/images/train/*.jpg): each "
         "digit, binarised, is blended as |crop - digit| into a random 28x28 crop of a random "
-        "photo; with --mnistm_version=1 that is the published recipe exactly (the default "
-        "version 2 adds its scales, flips and colour match). If neither "
+        "photo; with --mnistm_version=1 (the default) that is the published recipe exactly "
+        "(version 2 adds its scales, flips and colour match). If neither "
         "--mnistm_path nor --bsds_path is given, the generator runs on natural colour photos "
         "from PyPI wheels (11 from scikit-image and scikit-learn for version 1, 12 with "
         "matplotlib's for version 2): a generated MNIST-M-style set, NOT the published MNIST-M.",
@@ -74,13 +77,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         lower_bound=0, flag_values=flag_values)
     flags.DEFINE_integer(
         "mnistm_version", DEFAULT_MNISTM_VERSION,
-        "Generator of the MNIST-M-style set (unused with --mnistm_path). 1: the published "
-        "recipe as is (cache mnistm.npz; the default before 2026-12, which results/report.md "
-        "and results/scaling.md used). 2 (default): the same blend on more "
+        "Generator of the MNIST-M-style set (unused with --mnistm_path). 1 (default): the "
+        "published recipe as is (cache mnistm.npz). 2: the same blend on more "
         "photos, each at up to 4 scales, crops mirrored at random, with one per-channel "
         "colour map that brings the pixel mean and std to the published MNIST-M's "
         "(116.8/117.8/104.1 and 61.5/57.7/63.1 on 0-255; version 1 has 122.7/106.2/99.0 and "
-        "81.2/70.7/75.5); cache mnistm_v2.npz.",
+        "81.2/70.7/75.5); cache mnistm_v2.npz. Matched statistics did not make it a truer "
+        "stand-in: DANN scores higher on it than on version 1, further from the published "
+        "set's result (results/strong.md).",
         lower_bound=1, upper_bound=2, flag_values=flag_values)
 
 

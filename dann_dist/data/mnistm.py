@@ -10,12 +10,12 @@ Where it comes from, by precedence:
     MNIST-M-style set, NOT the published MNIST-M, and it is described as such
     everywhere.
 Generated sets come from one of two generator versions (--mnistm_version):
-1, the published recipe on 11 wheel photos (mnistm_recipe; the default until
-2026-12, kept byte-for-byte so earlier results stay reproducible), or 2 (the
-default), the same blend on 12 photos at several scales with flips and a colour
-match to the published set's pixel statistics (mnistm_recipe_v2): version 1's
-pixels had far more contrast than the published set's, which flattered every
-recipe tuned on it (results/strong.md).
+1, the published recipe on 11 wheel photos (mnistm_recipe; the default, kept
+byte-for-byte so earlier results stay reproducible), or 2, the same blend on 12
+photos at several scales with flips and a colour match to the published set's
+pixel statistics (mnistm_recipe_v2). Version 2 is not the default although its
+statistics match: the paper recipe scores higher on it than on version 1, i.e.
+further from its published-set result (data/flags.py, results/strong.md).
 
 Each source has its own cache file in <data_dir>, so the default one only ever
 holds the default set and a user's files never stand in for it on a later run

@@ -31,7 +31,7 @@ def inputs(files, photos):
 
 def test_prepares_both_domains_then_reuses_the_cache(inputs, tmp_path):
     data_dir = tmp_path / "data"
-    # Version 1 on BSDS500 photos is the published recipe exactly (version 2 is the default).
+    # Version 1 on BSDS500 photos is the published recipe exactly (named, not left to the default).
     args = (f"--data_dir={data_dir}", f"--mnist_path={inputs['mnist']}",
             f"--bsds_path={inputs['bsds']}", "--mnistm_version=1")
     first = run_cli(*args, home=tmp_path)
