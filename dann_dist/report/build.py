@@ -106,6 +106,18 @@ def _write(report_dir: str, report: dict, text: str, curves: bytes,
     atomic.write_file(os.path.join(report_dir, FILES["markdown"]), text)
 
 
+def write_summary(report_dir: str, key: str, content: dict, to_markdown) -> dict:
+    """A table over several report directories (scaling, recipes): report.json holds
+    {"generated", "report_dir", key: content}, report.md to_markdown(content, generated)."""
+    report = {"generated": datetime.datetime.now().isoformat(timespec="seconds"),
+              "report_dir": report_dir, key: content}
+    atomic.write_file(os.path.join(report_dir, FILES["json"]),
+                      json.dumps(report, indent=2, sort_keys=True) + "\n")
+    atomic.write_file(os.path.join(report_dir, FILES["markdown"]),
+                      to_markdown(content, report["generated"]))
+    return report
+
+
 def report_and_runs(options: ReportOptions, domains=None) -> tuple[dict, dict]:
     """make_report, also returning the runs ({(adaptation, seed): run}) it read."""
     check_options(options)

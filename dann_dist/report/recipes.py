@@ -8,25 +8,22 @@ between recipes are made on the label-free columns."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import os
 import re
 
 from absl import logging
 
-from dann_dist import atomic, cli
-from dann_dist.report.build import report_and_runs
+from dann_dist import cli
+from dann_dist.report.build import report_and_runs, write_summary
 from dann_dist.report.markdown import fmt
 from dann_dist.report.options import (
-    FILES,
     NAMES,
     ORDER,
     NoFinishedRunError,
     ReportError,
     ReportOptions,
 )
-from dann_dist.report.tables import finished, summarise
+from dann_dist.report.tables import finished, shared, summarise
 
 # The strong recipe's additions (config fields), shown per row so the table says what differs.
 ADDITION_KEYS = ("input_norm", "extractor_bn", "extractor_width", "source_augment",
@@ -68,11 +65,6 @@ def _recipe_report(options: ReportOptions, name: str, flagfile: str, domains):
         return None
 
 
-def _shared(values: list):
-    distinct = {json.dumps(v, sort_keys=True) for v in values}
-    return values[0] if len(distinct) == 1 else [json.loads(v) for v in sorted(distinct)]
-
-
 def recipe_row(name: str, flagfile: str, adaptation: str, results: list[dict],
                pad: dict | None) -> dict:
     finals = [r["result"]["metrics"] for r in results]
@@ -88,7 +80,7 @@ def recipe_row(name: str, flagfile: str, adaptation: str, results: list[dict],
         "proxy_a_distance": pad,
         "train_seconds": summarise([m.get("train_seconds") for m in finals]),
         "examples_per_sec": summarise([m.get("examples_per_sec") for m in finals]),
-        "additions": {k: _shared([c.get(k) for c in configs]) for k in ADDITION_KEYS},
+        "additions": {k: shared([c.get(k) for c in configs]) for k in ADDITION_KEYS},
     }
 
 
@@ -182,11 +174,5 @@ def make_recipes_report(options: ReportOptions, domains=None) -> dict:
             raise ReportError(f"--recipes: {flagfile}: no such file (paths are relative to "
                               f"{os.getcwd()}).", cli.EXIT_USAGE)
     os.makedirs(options.report_dir, exist_ok=True)
-    recipes = recipes_table(options, domains)
-    report = {"generated": datetime.datetime.now().isoformat(timespec="seconds"),
-              "report_dir": options.report_dir, "recipes": recipes}
-    atomic.write_file(os.path.join(options.report_dir, FILES["json"]),
-                      json.dumps(report, indent=2, sort_keys=True) + "\n")
-    atomic.write_file(os.path.join(options.report_dir, FILES["markdown"]),
-                      recipes_markdown(recipes, report["generated"]))
-    return report
+    return write_summary(options.report_dir, "recipes", recipes_table(options, domains),
+                         recipes_markdown)

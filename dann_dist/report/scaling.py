@@ -8,24 +8,21 @@ threshold (the only number here that uses target labels; it chooses nothing)."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import os
 
 from absl import logging
 
-from dann_dist import atomic, cli
-from dann_dist.report.build import report_and_runs
+from dann_dist import cli
+from dann_dist.report.build import report_and_runs, write_summary
 from dann_dist.report.markdown import fmt
 from dann_dist.report.options import (
-    FILES,
     NAMES,
     ORDER,
     NoFinishedRunError,
     ReportError,
     ReportOptions,
 )
-from dann_dist.report.tables import finished, summarise
+from dann_dist.report.tables import finished, shared, summarise
 
 # (name in the row, where: "config" or "derived" of run.json)
 RULE_KEYS = (("lr_scaling", "config"), ("learning_rate", "config"),
@@ -72,16 +69,8 @@ def time_to_accuracy(history: list[dict], threshold: float) -> dict | None:
     return None
 
 
-def _shared(values: list):
-    """The one value all runs recorded, else the distinct values (sorted as JSON)."""
-    distinct = {json.dumps(v, sort_keys=True) for v in values}
-    if len(distinct) == 1:
-        return values[0]
-    return [json.loads(v) for v in sorted(distinct)]
-
-
 def _rule(results: list[dict]) -> dict:
-    return {name: _shared([r["result"][where].get(name) for r in results])
+    return {name: shared([r["result"][where].get(name) for r in results])
             for name, where in RULE_KEYS}
 
 
@@ -107,8 +96,8 @@ def scaling_row(batch_size: int, adaptation: str, results: list[dict], threshold
         "seeds": [r["seed"] for r in results],
         "target_accuracy": summarise([m["target_accuracy"] for m in finals]),
         "source_accuracy": summarise([m["source_accuracy"] for m in finals]),
-        "train_steps": _shared([r["result"]["config"]["train_steps"] for r in results]),
-        "config_batch_size": _shared([r["result"]["config"]["batch_size"] for r in results]),
+        "train_steps": shared([r["result"]["config"]["train_steps"] for r in results]),
+        "config_batch_size": shared([r["result"]["config"]["batch_size"] for r in results]),
         "train_seconds": summarise([m.get("train_seconds") for m in finals]),
         "examples_per_sec": summarise([m.get("examples_per_sec") for m in finals]),
         "rule": _rule(results),
@@ -241,11 +230,5 @@ def make_scaling_report(options: ReportOptions, domains=None) -> dict:
     <report_dir>/report.json (key "scaling") and <report_dir>/report.md."""
     check_scaling_options(options)
     os.makedirs(options.report_dir, exist_ok=True)
-    scaling = scaling_table(options, domains)
-    report = {"generated": datetime.datetime.now().isoformat(timespec="seconds"),
-              "report_dir": options.report_dir, "scaling": scaling}
-    atomic.write_file(os.path.join(options.report_dir, FILES["json"]),
-                      json.dumps(report, indent=2, sort_keys=True) + "\n")
-    atomic.write_file(os.path.join(options.report_dir, FILES["markdown"]),
-                      scaling_markdown(scaling, report["generated"]))
-    return report
+    return write_summary(options.report_dir, "scaling", scaling_table(options, domains),
+                         scaling_markdown)

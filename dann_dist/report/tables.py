@@ -34,6 +34,14 @@ def summarise(values: list[float]) -> dict:
     return {"n": len(values), "mean": float(np.mean(values)), "std": std, "values": values}
 
 
+def shared(values: list):
+    """The one value all runs recorded, else the distinct values (sorted as JSON)."""
+    distinct = {json.dumps(v, sort_keys=True) for v in values}
+    if len(distinct) == 1:
+        return values[0]
+    return [json.loads(v) for v in sorted(distinct)]
+
+
 def finished(runs: dict, adaptation: str) -> list[dict]:
     """The finished runs of one adaptation, by seed."""
     return [r for (a, _), r in sorted(runs.items()) if a == adaptation and r["result"]]
