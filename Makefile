@@ -9,10 +9,12 @@ ARGS ?=
 setup:
 	@bash scripts/setup_env.sh
 
-# The main job: the paper's recipe on the default data (MNIST from the offline wheel,
-# a generated MNIST-M-style target), written to runs/mnist_mnistm.
+# The main job: the best recipe measured (the strong recipe: it beats the paper's on both
+# label-free criteria over 3 seeds, results/strong.md) on the default data (MNIST from the
+# offline wheel, a generated MNIST-M-style target), written to runs/mnist_mnistm_strong. The
+# paper's recipe: --flagfile=configs/mnist_mnistm.cfg.
 train: setup
-	$(PY) -m dann_dist.train --flagfile=configs/mnist_mnistm.cfg $(ARGS)
+	$(PY) -m dann_dist.train --flagfile=configs/mnist_mnistm_strong.cfg $(ARGS)
 
 # The lint gate first (ruff.toml: line length 100, McCabe complexity 15): seconds, and a
 # failure there stops the suite before its minutes.

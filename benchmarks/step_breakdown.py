@@ -51,12 +51,12 @@ def time_step_parts(models, state, config, batch):
     compute = step_lib.make_compute_gradients(models, config, n)
     args = (tf.constant(0.5), tf.constant(3, tf.int64), tf.constant(1.0))
     report("  forward + all gradients, no update", tf.function(lambda: compute(batch, *args)))
-    zeros = [tf.zeros_like(v) for m in models.groups for v in m.trainable_variables]
+    zeros = [tf.zeros_like(v) for m in models.values() for v in m.trainable_variables]
     report("  optimizer updates of the three models", tf.function(
         lambda: (step_lib.apply_gradients(state, zeros), tf.constant(0))[1]))
 
     images = tf.concat([batch["source_images"], batch["target_images"]], 0)
-    extractor = models.extractor
+    extractor = models["extractor"]
 
     @tf.function
     def extractor_grads():
@@ -107,7 +107,7 @@ def main(argv):
     n = FLAGS.batch_size
     config = Config(model_dir="/tmp/unused", batch_size=n, precision=FLAGS.precision,
                     strategy="single")
-    models = models_lib.build_models()
+    models = models_lib.models_for(config)
     state = step_lib.create_state(models, config)
     batch = {"source_images": tf.random.uniform([n, 28, 28, 3]),
              "source_labels": tf.random.uniform([n], 0, 10, tf.int64),

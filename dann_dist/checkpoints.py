@@ -10,16 +10,17 @@ damaged index never restarts a run from step 0 over its checkpoints.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import shutil
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from dann_dist import atomic
-from dann_dist.models import DannModels
 
 
 class CheckpointError(RuntimeError):
@@ -126,26 +127,30 @@ def kept(latest: str | None) -> str:
 class ExportModule(tf.Module):
     """extractor + classifier with preprocessing built in.
 
-    serve(images): uint8 [N, 28, 28, 1 or 3] (0..255; grayscale is repeated to RGB)
-                   -> float32 [N, 10] class probabilities.
+    serve(images): uint8 [N, H, W, 1 or C] (0..255; grayscale is repeated to the C colour
+                   channels), H, W, C the pair's image shape -> float32 [N, classes]
+                   class probabilities.
     """
 
-    def __init__(self, models: DannModels, mean: np.ndarray):
+    def __init__(self, models: dict, mean: np.ndarray):
         super().__init__()
-        self.extractor = models.extractor
-        self.classifier = models.classifier
+        self.extractor = models["extractor"]
+        self.classifier = models["classifier"]
         self.mean = tf.Variable(mean, trainable=False, name="channel_mean")
+        self.height, self.width, self.channels = self.extractor.input_shape[1:]
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, self.height, self.width, None], tf.uint8)])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, None], tf.uint8)])
-    def serve(self, images):
+    def _serve(self, images):
         x = tf.cast(images, tf.float32) / 255.0
-        x = tf.cond(tf.shape(x)[-1] == 1, lambda: tf.tile(x, [1, 1, 1, 3]), lambda: x)
-        x = tf.ensure_shape(x, [None, 28, 28, 3]) - self.mean
+        x = tf.cond(tf.shape(x)[-1] == 1, lambda: tf.tile(x, [1, 1, 1, self.channels]),
+                    lambda: x)
+        x = tf.ensure_shape(x, [None, self.height, self.width, self.channels]) - self.mean
         logits = self.classifier(self.extractor(x, training=False), training=False)
         return tf.nn.softmax(tf.cast(logits, tf.float32))
 
 
-def export(models: DannModels, mean: np.ndarray, directory: str, latest: str | None = None) -> str:
+def export(models: dict, mean: np.ndarray, directory: str, latest: str | None = None) -> str:
     """Writes the SavedModel next to its final place, then renames it in. A failed write
     (a full disk) is a CheckpointError; a previous export stays in place."""
     tmp = directory + ".tmp"
@@ -160,3 +165,13 @@ def export(models: DannModels, mean: np.ndarray, directory: str, latest: str | N
             f"exporting to {directory} failed ({str(err).splitlines()[0][:200]}); "
             f"{kept(latest)}. Free space and rerun the same command to export.") from err
     return directory
+
+
+def weights_digest(models: dict) -> str:
+    """sha256 of every model weight: equal digests mean bit-identical models (ranks of
+    one run, or a resumed run against an uninterrupted one)."""
+    digest = hashlib.sha256()
+    for model in models.values():
+        for variable in model.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return digest.hexdigest()[:16]

@@ -14,23 +14,29 @@ from typing import Any
 
 from absl import flags
 
-from dann_dist.data.flags import DATA_FLAGS, DEFAULT_MNISTM_VERSION
+from dann_dist.config_checks import (
+    ConfigError,
+    check_bounds,
+    check_budget,
+    check_floats,
+    check_writable,
+    steps_for_budget,
+)
+from dann_dist.data.options import DATA_DEFAULTS, DATA_FLAGS, DEFAULT_PAIR, PAIR_HELP
+from dann_dist.data.options import define_flags as define_data_flags
+from dann_dist.methods import registry
 
-ADAPTATIONS = ("dann", "source_only", "target_only")
+ADAPTATIONS = registry.names()
 ADVERSARIAL_LOSSES = ("grl", "flipped_labels")
 HEADS = ("paper", "bn")
 INPUT_NORMS = ("none", "image", "channel")
 AUGMENTATIONS = ("none", "colour")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "nesterov", "adam")
 LR_SCHEDULES = ("annealed", "constant")
 LR_SCALINGS = ("none", "linear", "sqrt")
 EMA_SCALINGS = ("none", "batch")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "horovod", "mirrored", "multi_worker", "single")
-
-
-class ConfigError(ValueError):
-    """A flag value that cannot work; raised before any heavy work starts."""
 
 
 def _field(default: Any, help_text: str, choices: tuple[str, ...] | None = None):
@@ -43,18 +49,22 @@ class Config:
     model_dir: str = _field("runs/dann", "Checkpoints, TensorBoard events and the export. "
                             "Running the same command again resumes from here.")
     # Data (flags registered by dann_dist.data.define_flags).
-    data_dir: str = _field("", "see dann_dist.data")
-    mnist_path: str = _field("", "see dann_dist.data")
-    mnist_download: bool = _field(True, "see dann_dist.data")
-    mnistm_path: str = _field("", "see dann_dist.data")
-    bsds_path: str = _field("", "see dann_dist.data")
-    mnistm_seed: int = _field(42, "see dann_dist.data")
-    mnistm_version: int = _field(DEFAULT_MNISTM_VERSION, "see dann_dist.data")
+    data_dir: str = _field(DATA_DEFAULTS["data_dir"], "see dann_dist.data")
+    mnist_path: str = _field(DATA_DEFAULTS["mnist_path"], "see dann_dist.data")
+    mnist_download: bool = _field(DATA_DEFAULTS["mnist_download"], "see dann_dist.data")
+    mnistm_path: str = _field(DATA_DEFAULTS["mnistm_path"], "see dann_dist.data")
+    bsds_path: str = _field(DATA_DEFAULTS["bsds_path"], "see dann_dist.data")
+    mnistm_seed: int = _field(DATA_DEFAULTS["mnistm_seed"], "see dann_dist.data")
+    mnistm_version: int = _field(DATA_DEFAULTS["mnistm_version"], "see dann_dist.data")
+    pair: str = _field(DEFAULT_PAIR, PAIR_HELP)
 
     # What is trained.
-    adaptation: str = _field("dann", "dann: adversarial adaptation; source_only: lambda=0 "
-                             "(the paper's lower bound); target_only: train on labelled target "
-                             "(the paper's upper bound).", ADAPTATIONS)
+    adaptation: str = _field("dann", "The method (dann_dist/methods/): dann: adversarial "
+                             "adaptation (the paper); source_only: lambda=0 (the paper's lower "
+                             "bound); target_only: train on labelled target (the paper's upper "
+                             "bound); cdan: conditional adversarial adaptation with entropy "
+                             "weights (Long et al. 2018); vada: DANN + target entropy + "
+                             "virtual adversarial training (Shu et al. 2018).", ADAPTATIONS)
     adversarial_loss: str = _field("grl", "grl: gradient reversal layer (paper); flipped_labels: "
                                    "the extractor minimises the domain loss with swapped domain "
                                    "labels (origin script, GAN-style).", ADVERSARIAL_LOSSES)
@@ -84,6 +94,16 @@ class Config:
                                           "target batch (conditional entropy, as in VADA), "
                                           "ramped with lambda_p; 0: off. Uses no target "
                                           "labels.")
+    # VADA's virtual adversarial training (--adaptation=vada; dann_dist/vat.py).
+    vat_source_weight: float = _field(1.0, "Weight of the VAT penalty on the source batch.")
+    vat_target_weight: float = _field(0.1, "Weight of the VAT penalty on the target batch, "
+                                      "ramped with lambda_p like --target_entropy_weight.")
+    vat_epsilon: float = _field(3.5, "Radius of VAT's perturbation, an L2 norm over each whole "
+                                "input image (3.5 is the radius the VADA authors' code uses "
+                                "on instance-normalised 32x32x3 digits).")
+    vat_xi: float = _field(1.0, "Finite-difference step of VAT's power iteration (L2 norm per "
+                           "image). Not VAT's usual 1e-6: each pixel would move by ~2e-8, "
+                           "which bfloat16's first layer (~4e-3 relative) rounds away.")
 
     # Optimisation (paper: SGD momentum 0.9, mu_p = mu_0 / (1 + alpha p)^beta).
     train_steps: int = _field(12000, "Total optimisation steps; p = step / train_steps. "
@@ -94,7 +114,8 @@ class Config:
                               "--train_steps. Giving both is an error.")
     batch_size: int = _field(64, "GLOBAL batch per domain: each step sees batch_size source and "
                              "batch_size target images, split evenly over all replicas.")
-    optimizer: str = _field("sgd", "Optimizer of all three models.", OPTIMIZERS)
+    optimizer: str = _field("sgd", "Optimizer of every model: sgd (with --momentum), "
+                            "nesterov (SGD with Nesterov momentum), adam.", OPTIMIZERS)
     learning_rate: float = _field(0.01, "mu_0, the initial learning rate.")
     momentum: float = _field(0.9, "SGD momentum.")
     lr_schedule: str = _field("annealed", "annealed: mu_0 / (1 + alpha p)^beta per step; "
@@ -121,6 +142,23 @@ class Config:
                               "ema_momentum ** (batch_size / lr_base_batch), so that the average "
                               "spans the same number of examples at every global batch (0.999 "
                               "at 64 is 0.984 at 1024).", EMA_SCALINGS)
+    warmup_ramp_steps: int = _field(0, "Linear learning-rate warm-up over this many steps "
+                                    "(counted in steps, the same at every batch size); 0: "
+                                    "use --warmup_fraction. Giving both is an error.")
+    disc_learning_rate: float = _field(0.0, "The adversary's own initial learning rate (two "
+                                       "time-scales, as TTUR and DomainBed's DANN); scaled and "
+                                       "annealed like --learning_rate. 0: --learning_rate.")
+    disc_momentum: float = _field(-1.0, "The adversary's own momentum (sgd/nesterov); -1: "
+                                  "--momentum. Positive momentum can hurt in games (Gidel et "
+                                  "al. 2019).")
+    scale_adversary: bool = _field(True, "Whether --lr_scaling also scales the adversarial "
+                                   "path. false: the adversary's learning rate and the "
+                                   "reversed gradient (lambda_p / k at learning rate x k) keep "
+                                   "their size at --lr_base_batch, while the extractor and "
+                                   "classifier step grows with the batch.")
+    lambda_ramp_steps: int = _field(0, "The adaptation factor's ramp counted in steps: "
+                                    "p = step / lambda_ramp_steps (clipped to 1) in lambda_p; "
+                                    "0: p = step / train_steps (the paper).")
     gamma: float = _field(10.0, "gamma of the adaptation factor "
                           "lambda_p = 2/(1+exp(-gamma p)) - 1.")
     lambda_max: float = _field(1.0, "Upper value of lambda_p (the paper uses 1).")
@@ -144,6 +182,12 @@ class Config:
     log_every: int = _field(200, "Steps between progress lines and train summaries.")
     eval_every: int = _field(2000, "Steps between evaluations on both test sets "
                              "(0: only at the end).")
+    noise_scale_batches: int = _field(8, "At each evaluation, estimate the gradient noise "
+                                      "scale B_simple (McCandlish et al. 2018) of the "
+                                      "classification path and of the reversed domain gradient "
+                                      "from this many batches (two halves of each replica's "
+                                      "batch against the global batch; about one train step of "
+                                      "compute per batch; training is unaffected). 0: off.")
     eval_batch_size: int = _field(1000, "Batch of the evaluation forward passes.")
     checkpoint_every: int = _field(1000, "Steps between checkpoints.")
     keep_checkpoints: int = _field(3, "How many checkpoints to keep.")
@@ -185,6 +229,8 @@ class Config:
 
     @property
     def warmup_steps(self) -> int:
+        if self.warmup_ramp_steps:
+            return self.warmup_ramp_steps
         return int(round(self.warmup_fraction * self.train_steps))
 
 
@@ -193,8 +239,6 @@ TEST_HOOKS = ("debug_nan_step",)
 
 def define_flags() -> None:
     """Registers one absl flag per Config field (call once, before app.run)."""
-    from dann_dist.data import define_flags as define_data_flags
-
     define_data_flags()
     for field in dataclasses.fields(Config):
         if field.name in DATA_FLAGS or field.name in TEST_HOOKS:
@@ -237,11 +281,6 @@ def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
     return validate(Config(**values))
 
 
-def steps_for_budget(train_pairs: int, batch_size: int) -> int:
-    """The steps that show every replica count the same examples: ceil(pairs / batch)."""
-    return -(-train_pairs // batch_size) if batch_size > 0 else 0
-
-
 def validate(config: Config) -> Config:
     """Rejects settings that would fail later, naming the flag and the fix."""
     positive = ("train_steps", "batch_size", "log_every", "eval_batch_size", "checkpoint_every",
@@ -249,12 +288,20 @@ def validate(config: Config) -> Config:
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be a positive integer.")
-    for name in ("eval_every", "max_train_examples", "max_test_examples", "source_holdout",
-                 "selection_images"):
+    for name in ("eval_every", "noise_scale_batches", "warmup_ramp_steps", "lambda_ramp_steps",
+                 "max_train_examples", "max_test_examples", "source_holdout", "selection_images"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be >= 0.")
-    _check_floats(config)
-    _check_budget(config)
+    check_bounds(config)
+    check_floats(config)
+    check_budget(config)
+    if config.warmup_ramp_steps and config.warmup_fraction:
+        raise ConfigError(f"--warmup_ramp_steps={config.warmup_ramp_steps} and "
+                          f"--warmup_fraction={config.warmup_fraction} both set the warm-up: "
+                          "give one (the other 0).")
+    if config.disc_momentum != -1.0 and not 0.0 <= config.disc_momentum < 1.0:
+        raise ConfigError(f"--disc_momentum={config.disc_momentum}: must be in [0, 1), or -1 "
+                          "for --momentum.")
     if not config.model_dir:
         raise ConfigError("--model_dir is empty: give a directory for checkpoints and summaries.")
     for field in dataclasses.fields(Config):
@@ -266,71 +313,14 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--elastic works with Horovod only, not --strategy={config.strategy}: "
                           "use --strategy=horovod (or auto) under horovodrun, see "
                           "launch/horovod_elastic.sh.")
-    _check_writable(config.model_dir, "--model_dir")
+    check_writable(config.model_dir, "--model_dir")
     if config.data_dir:
-        _check_writable(config.data_dir, "--data_dir")
+        check_writable(config.data_dir, "--data_dir")
     for name in ("mnist_path", "mnistm_path", "bsds_path"):
         path = getattr(config, name)
         if path and not os.path.exists(path):
             raise ConfigError(f"--{name}={path}: no such file or directory.")
     return config
-
-
-# (low, high, high inclusive): every float flag must be finite and in its range. NaN or
-# Inf in a schedule constant once trained a NaN model to the end and exited 0.
-_FLOAT_RANGES = {
-    "learning_rate": (0.0, 10.0, True),      # > 0
-    "momentum": (0.0, 1.0, False),
-    "ema_momentum": (0.0, 1.0, False),
-    "lr_alpha": (0.0, 1e4, True),
-    "lr_beta": (0.0, 10.0, True),
-    "gamma": (0.0, 1e4, True),
-    "lambda_max": (0.0, 100.0, True),
-    "domain_loss_weight": (0.0, 100.0, True),  # > 0
-    "warmup_fraction": (0.0, 1.0, False),
-    "clip_norm": (0.0, 1e6, True),
-    "extractor_width": (0.0, 8.0, True),       # > 0
-    "target_entropy_weight": (0.0, 100.0, True),
-}
-_POSITIVE_FLOATS = ("learning_rate", "domain_loss_weight", "extractor_width")
-
-
-def _check_floats(config: Config) -> None:
-    for name, (low, high, high_inclusive) in _FLOAT_RANGES.items():
-        value = getattr(config, name)
-        if not math.isfinite(value):
-            raise ConfigError(f"--{name}={value}: must be a finite number.")
-        if name in _POSITIVE_FLOATS and value <= low:
-            raise ConfigError(f"--{name}={value}: must be > 0.")
-        if value < low or value > high or (value == high and not high_inclusive):
-            right = "]" if high_inclusive else ")"
-            raise ConfigError(f"--{name}={value}: must be in [{low:g}, {high:g}{right}.")
-
-
-def _check_budget(config: Config) -> None:
-    if config.train_pairs < 0:
-        raise ConfigError(f"--train_pairs={config.train_pairs}: must be >= 0.")
-    if not config.train_pairs:
-        return
-    steps = steps_for_budget(config.train_pairs, config.batch_size)
-    budget = f"--train_pairs={config.train_pairs} at --batch_size={config.batch_size}"
-    if config.train_steps != steps:
-        raise ConfigError(f"--train_steps={config.train_steps} disagrees with {budget} "
-                          f"({steps} steps): give one of the two.")
-    if config.eval_every > steps:
-        raise ConfigError(f"{budget} gives {steps} steps, fewer than one evaluation interval "
-                          f"(--eval_every={config.eval_every}): lower --eval_every, set it to 0 "
-                          "(evaluate at the end only), or raise the budget.")
-
-
-def _check_writable(path: str, flag: str) -> None:
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"{flag}={path}: {existing} exists and is not a directory.")
-    if not os.access(existing, os.W_OK):
-        raise ConfigError(f"{flag}={path}: {existing} is not writable; choose another directory.")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -8,106 +8,22 @@ from the same weights. The train step itself (step.py) never mentions a backend 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from typing import Callable
 
-import keras
 import tensorflow as tf
 
+from dann_dist.backend import (  # noqa: F401  (the names callers know from here)
+    Backend,
+    InconsistentProcessesError,
+    all_finite,
+    tf_variables,
+)
 from dann_dist.config import Config, ConfigError
+from dann_dist.horovod_backend import Horovod
 
 # Variables set by horovodrun (gloo) and by mpirun (Open MPI, MPICH/Intel MPI, Slurm PMI).
 _LAUNCHER_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
-
-
-class InconsistentProcessesError(RuntimeError):
-    pass
-
-
-class Backend:
-    name = "single"
-    num_replicas = 1          # replicas over all processes
-    num_pipelines = 1         # input pipelines (processes feeding data)
-    pipeline_index = 0
-    replicas_per_pipeline = 1
-    is_chief = True
-    reason = ""
-
-    @property
-    def saves_checkpoints(self) -> bool:
-        """Whether this process calls the checkpoint manager's save (tf.distribute needs
-        every process to take part; Horovod ranks hold identical copies, the chief saves)."""
-        return True
-
-    def scope(self):
-        return contextlib.nullcontext()
-
-    def global_batch(self, per_domain_batch: int) -> int:
-        return per_domain_batch
-
-    def per_replica_batch(self, global_batch: int) -> int:
-        if global_batch % self.num_replicas:
-            raise ConfigError(f"--batch_size={global_batch} is not divisible by the "
-                              f"{self.num_replicas} replicas of --strategy={self.name}: use a "
-                              f"multiple of {self.num_replicas}.")
-        return global_batch // self.num_replicas
-
-    def distribute(self, dataset_fn: Callable[[int, int, int], tf.data.Dataset]):
-        """dataset_fn(pipeline_index, num_pipelines, replicas_per_pipeline) -> per-replica
-        batches. Returns an iterator the train step can call next() on."""
-        return iter(dataset_fn(self.pipeline_index, self.num_pipelines, self.replicas_per_pipeline))
-
-    def run(self, fn: Callable, args: tuple):
-        return fn(*args)
-
-    def all_reduce_gradients(self, grads: list) -> list:
-        return grads
-
-    def all_finite(self, grads: list) -> tf.Tensor:
-        """1.0 if every gradient on every replica is finite, else 0.0 (all replicas agree).
-        Called after all_reduce_gradients: where that reduced, local finiteness is global."""
-        return _all_finite(grads)
-
-    def sum_over_replicas(self, value):
-        return value
-
-    def broadcast_initial_state(self, variables: list) -> None:
-        """Makes every replica start from the chief's values (no-op when variables are
-        created mirrored or there is one process)."""
-
-    def train(self, variables: list, loop: Callable[[], int], on_enter: Callable[[], None]) -> int:
-        """Runs loop() with every replica starting from the chief's `variables`; returns
-        its result. on_enter is the reset hook of backends that re-enter the loop after
-        a failure (elastic Horovod); it runs before each entry there, and never here."""
-        self.broadcast_initial_state(variables)
-        return loop()
-
-    def after_step(self, step: int) -> None:
-        """Called after every training step (elastic Horovod commits its state here)."""
-
-    def checkpoint_dir(self, model_dir: str) -> str:
-        return model_dir
-
-    def local_leader_first(self, fn: Callable):
-        """Runs fn on this host's first process before the others (which then find the
-        data cache ready instead of all downloading and generating it at once)."""
-        return fn()
-
-    def barrier(self) -> None:
-        """Returns once every process has reached it (no-op with one process)."""
-
-    def check_same_on_all_processes(self, what: str, value: str) -> None:
-        """Raises InconsistentProcessesError on every process if `value` differs between
-        processes (a rank with other data would otherwise fail later, or hang)."""
-
-    def describe(self, global_batch: int) -> str:
-        per_replica = global_batch // self.num_replicas
-        return (f"strategy={self.name} ({self.reason}); replicas={self.num_replicas}, "
-                f"input pipelines={self.num_pipelines}; batch per domain: global={global_batch}, "
-                f"per pipeline/host={per_replica * self.replicas_per_pipeline}, "
-                f"per replica={per_replica}")
 
 
 class SingleDevice(Backend):
@@ -155,7 +71,7 @@ class TfDistribute(Backend):
 
     def all_finite(self, grads):
         # Gradients are still per replica here (the optimizers reduce them): vote.
-        bad = 1.0 - _all_finite(grads)
+        bad = 1.0 - all_finite(grads)
         votes = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
         return tf.cast(votes == 0.0, tf.float32)
 
@@ -215,155 +131,6 @@ class TfDistribute(Backend):
             os.rmdir(os.path.dirname(scratch))  # workers_tmp, once it is empty
         except OSError:
             pass
-
-
-class Horovod(Backend):
-    name = "horovod"
-
-    def __init__(self, hvd, reason: str, commit_every: int = 0):
-        """commit_every > 0: elastic (--elastic), committing the state every that many steps."""
-        self.hvd = hvd
-        self.reason = reason
-        self.commit_every = commit_every
-        self._elastic_state = None
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Reads size and rank from Horovod (again after an elastic reset renumbers ranks)."""
-        self.num_replicas = self.hvd.size()
-        self.num_pipelines = self.hvd.size()
-        self.pipeline_index = self.hvd.rank()
-        self.is_chief = self.hvd.rank() == 0
-
-    def elastic_state(self, variables: list):
-        """Elastic Horovod state over `variables` (Keras or tf.Variables): commit() copies
-        their values to host memory and checks for host changes; after a failure every
-        survivor restores the last commit, then all processes (new ones too) take rank 0's
-        values. The backend's size and rank are refreshed on every reset.
-
-        Horovod's TensorFlowState is not used: under eager TF 2 it broadcasts the variables
-        once, in its constructor, and not in sync(), so a process that joins later would
-        neither match the others' collectives nor receive their weights."""
-        from horovod.common.elastic import ObjectState
-
-        hvd = self.hvd
-        tf_vars = tf_variables(variables)
-
-        class VariablesState(ObjectState):
-            def __init__(self):
-                self.variables = tf_vars
-                self._snapshot()
-                super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank)
-
-            def _snapshot(self):
-                self._values = [v.numpy() for v in self.variables]
-
-            def save(self):
-                self._snapshot()
-                super().save()
-
-            def restore(self):
-                for variable, value in zip(self.variables, self._values):
-                    variable.assign(value)
-                super().restore()
-
-            def sync(self):
-                hvd.broadcast_variables(self.variables, root_rank=0)
-                self._snapshot()
-                super().sync()
-
-        state = VariablesState()
-        state.register_reset_callbacks([self.refresh])
-        return state
-
-    def train(self, variables, loop, on_enter):
-        if not self.commit_every:
-            return super().train(variables, loop, on_enter)
-        # Its sync, on entering the loop, gives every process rank 0's state.
-        self._elastic_state = self.elastic_state(variables)
-
-        def enter_and_loop():
-            on_enter()
-            return loop()
-
-        return self.run_elastic(self._elastic_state, enter_and_loop)
-
-    def after_step(self, step):
-        if self._elastic_state is not None and step % self.commit_every == 0:
-            # Every process commits at the same steps (commit is a collective).
-            self._elastic_state.commit()
-
-    def run_elastic(self, state, fn: Callable):
-        """Runs fn() as hvd.elastic.run does: when a process fails (a collective raises) or
-        hosts change (at a commit), the survivors restore the last commit, re-initialise
-        Horovod with the new set of processes and call fn() again. Returns fn's result.
-
-        hvd.elastic.run's own wrapper is not used: it recognises a failed collective only
-        by 'HorovodAllreduce'/'HorovodAllgather'/'HorovodBroadcast' in a tf UnknownError
-        (the grouped all-reduce of the train step is 'HorovodGroupedAllreduce'), and it
-        returns None, silently, on any other UnknownError."""
-        from horovod.common.elastic import run_fn
-        from horovod.common.exceptions import HorovodInternalError
-
-        hvd = self.hvd
-
-        def attempt(state):
-            try:
-                return fn()
-            except tf.errors.OpError as err:
-                if "Horovod" in str(err):
-                    raise HorovodInternalError(err) from err
-                raise
-
-        def reset():
-            hvd.shutdown()
-            hvd.init()
-
-        return run_fn(attempt, reset)(state)
-
-    @property
-    def saves_checkpoints(self) -> bool:
-        return self.is_chief
-
-    def all_reduce_gradients(self, grads):
-        # One fused call for the three groups; losses are already divided by the global
-        # batch, so the sum is the global mean gradient.
-        return self.hvd.grouped_allreduce(list(grads), op=self.hvd.Sum)
-
-    def sum_over_replicas(self, value):
-        return self.hvd.allreduce(value, op=self.hvd.Sum)
-
-    def broadcast_initial_state(self, variables):
-        self.hvd.broadcast_variables(tf_variables(variables), root_rank=0)
-
-    def barrier(self):
-        self.hvd.allreduce(tf.constant(0.0), op=self.hvd.Sum, name="barrier")
-
-    def check_same_on_all_processes(self, what, value):
-        values = self.hvd.allgather_object(value)
-        if len(set(values)) > 1:
-            differing = [rank for rank, v in enumerate(values) if v != values[0]]
-            raise InconsistentProcessesError(
-                f"{what} differs between ranks: rank 0 has {values[0]}, ranks {differing} "
-                "have other values. Give every rank the same data and flags.")
-
-    def local_leader_first(self, fn):
-        leader = self.hvd.local_rank() == 0
-        if leader:
-            result = fn()
-        # Every rank reaches the barrier: the leader after its work, the others before.
-        self.barrier()
-        return result if leader else fn()
-
-
-def tf_variables(variables: list) -> list:
-    """The tf.Variables under Keras 3 variables: what Horovod's broadcast and the
-    tf.distribute collectives accept (Keras 3 variables are not tf.Variables)."""
-    return [v.value if isinstance(v, keras.Variable) else v for v in variables]
-
-
-def _all_finite(grads: list) -> tf.Tensor:
-    return tf.cast(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]), tf.float32)
 
 
 def launched_by_horovod() -> bool:

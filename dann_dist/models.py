@@ -1,21 +1,21 @@
-"""The three DANN networks and the gradient reversal layer.
+"""The networks methods are built from, and the gradient reversal layer.
 
 Architecture of Ganin et al. (JMLR 2016, section 5.2) for MNIST -> MNIST-M; the `bn`
 heads are the origin script's BatchNorm/LeakyReLU MLPs. Heads output logits: the
-softmax/sigmoid live in the losses (numerically stable) and in the export.
+softmax/sigmoid live in the losses (numerically stable) and in the export. Image shape
+and class count come from the dataset pair; which networks a run has, from its method.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import keras
 import tensorflow as tf
 from keras import layers
 
-IMAGE_SHAPE = (28, 28, 3)
-NUM_CLASSES = 10
+from dann_dist.data import pairs
+from dann_dist.methods import registry
 
 
 @tf.custom_gradient
@@ -50,8 +50,8 @@ class Standardize(layers.Layer):
         return {**super().get_config(), "per_channel": self.per_channel}
 
 
-def feature_extractor(input_norm: str = "none", batchnorm: bool = False, width: float = 1.0,
-                      synchronized: bool = False) -> keras.Model:
+def feature_extractor(image_shape: tuple, input_norm: str = "none", batchnorm: bool = False,
+                      width: float = 1.0, synchronized: bool = False) -> keras.Model:
     """The paper's extractor (defaults), or the strong recipe's variants of it."""
     head = []
     if input_norm != "none":
@@ -66,7 +66,7 @@ def feature_extractor(input_norm: str = "none", batchnorm: bool = False, width: 
         if batchnorm:
             body.append(layers.BatchNormalization(synchronized=synchronized))
         body += [layers.MaxPool2D(2, 2), layers.ReLU()]
-    return keras.Sequential([keras.Input(IMAGE_SHAPE), *head, *body, layers.Flatten()],
+    return keras.Sequential([keras.Input(tuple(image_shape)), *head, *body, layers.Flatten()],
                             name="feature_extractor")
 
 
@@ -76,7 +76,7 @@ def _bn_block(units: int, synchronized: bool) -> list:
             layers.LeakyReLU()]
 
 
-def label_classifier(feature_dim: int, head: str = "paper",
+def label_classifier(feature_dim: int, num_classes: int, head: str = "paper",
                      synchronized: bool = False) -> keras.Model:
     if head == "paper":
         hidden = [layers.Dense(100, activation="relu"), layers.Dense(100, activation="relu")]
@@ -84,28 +84,17 @@ def label_classifier(feature_dim: int, head: str = "paper",
         hidden = _bn_block(100, synchronized) + _bn_block(100, synchronized)
     # float32 logits keep the softmax stable under mixed precision.
     return keras.Sequential([keras.Input((feature_dim,)), *hidden,
-                             layers.Dense(NUM_CLASSES, dtype="float32")], name="label_classifier")
+                             layers.Dense(num_classes, dtype="float32")], name="label_classifier")
 
 
-def domain_discriminator(feature_dim: int, head: str = "paper",
+def domain_discriminator(input_dim: int, head: str = "paper",
                          synchronized: bool = False) -> keras.Model:
     if head == "paper":
         hidden = [layers.Dense(100, activation="relu")]
     else:
         hidden = [block for units in (256, 128, 64, 32) for block in _bn_block(units, synchronized)]
-    return keras.Sequential([keras.Input((feature_dim,)), *hidden,
+    return keras.Sequential([keras.Input((input_dim,)), *hidden,
                              layers.Dense(1, dtype="float32")], name="domain_discriminator")
-
-
-@dataclasses.dataclass
-class DannModels:
-    extractor: keras.Model
-    classifier: keras.Model
-    discriminator: keras.Model
-
-    @property
-    def groups(self) -> tuple[keras.Model, keras.Model, keras.Model]:
-        return (self.extractor, self.classifier, self.discriminator)
 
 
 @contextlib.contextmanager
@@ -120,21 +109,10 @@ def precision_policy(name: str):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def build_models(classifier_head: str = "paper", discriminator_head: str = "paper",
-                 sync_batchnorm: bool = False, *, input_norm: str = "none",
-                 extractor_bn: bool = False, extractor_width: float = 1.0) -> DannModels:
-    extractor = feature_extractor(input_norm, extractor_bn, extractor_width, sync_batchnorm)
-    feature_dim = extractor.output_shape[-1]
-    return DannModels(
-        extractor=extractor,
-        classifier=label_classifier(feature_dim, classifier_head, sync_batchnorm),
-        discriminator=domain_discriminator(feature_dim, discriminator_head, sync_batchnorm),
-    )
-
-
-def models_for(config, sync_batchnorm: bool | None = None) -> DannModels:
-    """The models a Config describes (sync_batchnorm: the config's unless given)."""
+def models_for(config, sync_batchnorm: bool | None = None) -> dict:
+    """The networks of the config's method, for its dataset pair: name -> Keras model
+    (sync_batchnorm: the config's unless given)."""
     sync = config.sync_batchnorm if sync_batchnorm is None else sync_batchnorm
-    return build_models(config.classifier_head, config.discriminator_head, sync,
-                        input_norm=config.input_norm, extractor_bn=config.extractor_bn,
-                        extractor_width=config.extractor_width)
+    pair = pairs.get(config.pair)
+    return registry.get(config.adaptation).build_models(config, pair.image_shape,
+                                                         pair.num_classes, sync)

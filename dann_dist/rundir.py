@@ -5,40 +5,53 @@ written here only.
   metrics.json        the final evaluation (present once the run has finished)
   eval_history.jsonl  one line per evaluation (the report's label-free selection reads it)
   export/             the SavedModel of extractor + classifier
-  lock                the live run's pid, host and start time (one trainer per directory)
+  lock                the run's lease: its token, the holder's pid and host, its last renewal
+  lock.guard          empty; flock()ed while the lease is taken, renewed or released
   ckpt-N.*, checkpoint, train/, eval/   checkpoints and TensorBoard events
+
+The lease on the directory (lock, lock.guard) is dann_dist/lease.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
+import hashlib
 import json
 import os
-import socket
+import re
 import time
+from typing import Callable
 
 import numpy as np
 from absl import logging
 
 from dann_dist import atomic
 from dann_dist.config import Config, ConfigError
+from dann_dist.lease import LOCK, describe_holder, live_lease
 
 RUN_RECORD = "run.json"
 METRICS = "metrics.json"
 EVAL_HISTORY = "eval_history.jsonl"
 EXPORT_DIR = "export"
-LOCK = "lock"
+
+# evaluate on a live run: how often to list the checkpoints again, and the pause between.
+RESTORE_ATTEMPTS = 3
+RESTORE_PAUSE_S = 1.0
 
 # Flags that may change when a run resumes: they decide how often the run logs,
-# evaluates and checkpoints, or where and how it executes, never what it computes.
-# Strategy and replica count are here because --batch_size is the global batch: the
-# same flags on other devices train the same model (equal up to float rounding).
-# Everything else (model, objective, data, schedule, precision, seed) is refused.
+# evaluates and checkpoints, where and how it executes, or what it is evaluated on,
+# never what it trains. Strategy and replica count are here because --batch_size is the
+# global batch: the same flags on other devices train the same model (equal up to float
+# rounding). --data_dir only says where the data are cached (what they are is in the
+# data fingerprint); --max_test_examples and --selection_images choose what evaluations
+# score. Everything else (model, objective, data sources, schedule, precision, seed) is
+# refused.
 RESUMABLE_CHANGES = frozenset({
-    "model_dir", "log_every", "eval_every", "eval_batch_size", "checkpoint_every",
+    "model_dir", "log_every", "eval_every", "eval_batch_size", "noise_scale_batches",
+    "checkpoint_every",
     "keep_checkpoints", "export", "strategy", "jit_compile", "deterministic", "elastic",
-    "elastic_commit_every", "mnist_download", "allow_config_change", "debug_nan_step"})
+    "elastic_commit_every", "mnist_download", "allow_config_change", "debug_nan_step",
+    "data_dir", "max_test_examples", "selection_images"})
 
 
 def path(model_dir: str, name: str) -> str:
@@ -46,12 +59,13 @@ def path(model_dir: str, name: str) -> str:
 
 
 def read_json(file_path: str) -> dict | None:
-    """The parsed file, or None when it is missing or was cut short."""
+    """The parsed object, or None when the file is missing, cut short or not an object."""
     try:
-        with open(file_path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
+        with open(file_path, "rb") as f:
+            record = json.loads(f.read().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def write_json(file_path: str, payload: dict) -> None:
@@ -74,42 +88,141 @@ def write_metrics(model_dir: str, metrics: dict) -> None:
     write_json(path(model_dir, METRICS), metrics)
 
 
+class RunRecordError(RuntimeError):
+    """run.json exists but cannot be used (exit 1, like an unreadable checkpoint)."""
+
+
 def load_run(model_dir: str) -> tuple[Config, np.ndarray]:
     """The config a run trained with and its training pixel mean (from run.json)."""
     record_path = path(model_dir, RUN_RECORD)
     if not os.path.exists(record_path):
         raise FileNotFoundError(f"{record_path} not found: --model_dir must be a directory "
                                 "written by dann_dist.train.")
-    with open(record_path) as f:
-        record = json.load(f)
-    known = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in record["config"].items() if k in known})
-    return config, np.asarray(record["channel_mean"], np.float32)
+    try:
+        with open(record_path, "rb") as f:
+            record = json.loads(f.read().decode("utf-8"))
+        known = {f.name for f in dataclasses.fields(Config)}
+        config = Config(**{k: v for k, v in record["config"].items() if k in known})
+        mean = np.asarray(record["channel_mean"], np.float32).reshape(3)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        what = f"no {err} entry" if isinstance(err, KeyError) else (str(err) or repr(err))
+        raise RunRecordError(
+            f"{record_path} cannot be read ({what}): it was cut short or edited. It holds the "
+            "flags and the pixel mean that the checkpoints are evaluated with: put back a copy, "
+            "or rerun dann_dist.train on this --model_dir with the run's original flags to "
+            "write it again.") from err
+    return config, mean
 
 
-def restore_run(model_dir: str, checkpoint: str = ""):
+def restore_run(model_dir: str, checkpoint: str = "", pause: Callable[[float], None] = time.sleep):
     """Rebuilds a run's models in the precision it trained with and restores a checkpoint
-    (default: the newest readable one). Returns (config, channel mean, state, path)."""
+    (default: the newest readable one on disk, so a lost index or a trainer that is
+    rotating its checkpoints does not matter). Returns (config, channel mean, state, path)."""
+    # Before TensorFlow starts: a damaged run.json or a mistyped --checkpoint is told at once.
+    config, mean = load_run(model_dir)
+    prefix = find_checkpoint(model_dir, checkpoint) if checkpoint else ""
     # Imported here, not at the top: reading a run's records (the report, selection)
     # must not pay for TensorFlow's start-up.
-    from dann_dist import checkpoints, distribute
+    import tensorflow as tf
+
+    from dann_dist import distribute
     from dann_dist import step as step_lib
+    from dann_dist.checkpoints import CheckpointError
     from dann_dist.models import models_for, precision_policy
 
-    config, mean = load_run(model_dir)
     # Runs recorded before precision was resolved at start may say "auto".
     with precision_policy(distribute.resolve_precision(config.precision)[0]):
         models = models_for(config, sync_batchnorm=False)
     state = step_lib.create_state(models, config)
-    manager = checkpoints.make_manager(state.trackables(), model_dir, keep=config.keep_checkpoints)
-    if checkpoint:
-        manager.checkpoint.restore(checkpoint).assert_existing_objects_matched()
-        found = checkpoint
-    else:
-        found = checkpoints.restore_latest(manager)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint in {model_dir}: train first.")
-    return config, mean, state, found
+    saver = tf.train.Checkpoint(**state.trackables())
+
+    def restore(path_prefix: str) -> None:
+        saver.restore(path_prefix).assert_existing_objects_matched()
+
+    errors = (tf.errors.OpError, ValueError, AssertionError, IndexError)
+    if not prefix:
+        return config, mean, state, restore_newest(restore, model_dir, errors, pause=pause)
+    try:
+        restore(prefix)
+    except errors as err:
+        raise CheckpointError(f"--checkpoint={checkpoint} cannot be read ({_first_line(err)}): "
+                              "it is damaged or holds other models than run.json describes."
+                              ) from err
+    return config, mean, state, prefix
+
+
+def find_checkpoint(model_dir: str, checkpoint: str) -> str:
+    """The prefix --checkpoint names (one relative to --model_dir is found there too);
+    FileNotFoundError listing the run's checkpoints if there is none."""
+    tried = [checkpoint] + ([] if os.path.isabs(checkpoint) else [path(model_dir, checkpoint)])
+    found = next((p for p in tried if os.path.isfile(p + ".index")), None)
+    if found is None:
+        present = ", ".join(_checkpoint_names(model_dir)) or "none"
+        raise FileNotFoundError(
+            f"--checkpoint={checkpoint}: no such checkpoint ({checkpoint}.index does not "
+            f"exist). Give a prefix such as {path(model_dir, 'ckpt-N')}, or leave the flag out "
+            f"for the newest; the checkpoints in {model_dir}: {present}.")
+    return found
+
+
+def _checkpoint_names(model_dir: str) -> list[str]:
+    """ckpt-N names on disk, oldest first, for messages (checkpoints.on_disk needs
+    TensorFlow)."""
+    try:
+        names = os.listdir(model_dir)
+    except OSError:
+        return []
+    matches = [re.fullmatch(r"ckpt-(\d+)\.index", name) for name in names]
+    steps = sorted(int(m.group(1)) for m in matches if m)
+    return [f"ckpt-{step}" for step in steps]
+
+
+def restore_newest(restore: Callable[[str], None], model_dir: str, errors: tuple,
+                   attempts: int = RESTORE_ATTEMPTS,
+                   pause: Callable[[float], None] = time.sleep) -> str:
+    """Restores the newest readable ckpt-N on disk (the index is not needed). While the
+    run is live its trainer deletes old checkpoints as it writes new ones: the listing is
+    then read again, up to `attempts` times."""
+    from dann_dist.checkpoints import CheckpointError, on_disk
+
+    tried: list[str] = []
+    holder = None
+    for attempt in range(attempts):
+        if attempt:
+            pause(RESTORE_PAUSE_S)
+        for prefix in reversed(on_disk(model_dir)):
+            try:
+                restore(prefix)
+                return prefix
+            except errors as err:
+                logging.warning("checkpoint %s is unreadable (%s); trying the previous one",
+                                prefix, _first_line(err))
+                tried.append(os.path.basename(prefix))
+        holder = live_lease(model_dir)
+        if holder is None:
+            break
+        logging.warning("%s: the run is live (%s) and replaces checkpoints while they are read",
+                        model_dir, describe_holder(holder))
+    if not tried:
+        live = (f" The run is live ({describe_holder(holder)}): wait for its first checkpoint."
+                if holder else "")
+        raise FileNotFoundError(f"no checkpoint in {model_dir}: train first.{live}")
+    names = ", ".join(dict.fromkeys(tried))
+    if holder:
+        raise CheckpointError(
+            f"none of the checkpoints in {model_dir} could be read in {attempts} tries: {names}. "
+            f"The run is live ({describe_holder(holder)} holds {path(model_dir, LOCK)}) and its "
+            "trainer deletes old checkpoints as it writes new ones. Nothing was changed: rerun "
+            "dann_dist.evaluate, or evaluate once the run has ended.")
+    raise CheckpointError(
+        f"none of the checkpoints in {model_dir} can be read: {names}. They are damaged, or "
+        "hold other models than run.json describes. Nothing was changed; --checkpoint=PATH "
+        "evaluates one checkpoint.")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def create(model_dir: str) -> None:
@@ -140,11 +253,47 @@ def eval_steps(model_dir: str) -> set[int]:
     return steps
 
 
+def trained_fingerprint(config: Config) -> int:
+    """A 60-bit digest of every flag that changes what is trained (those outside
+    RESUMABLE_CHANGES). The checkpoint carries it, so that a resume is checked even when
+    run.json is lost or damaged."""
+    trained = {k: v for k, v in dataclasses.asdict(config).items()
+               if k not in RESUMABLE_CHANGES}
+    digest = hashlib.sha256(json.dumps(trained, sort_keys=True, default=str).encode())
+    return int(digest.hexdigest()[:15], 16)
+
+
+def has_run_record(model_dir: str) -> bool:
+    record = read_json(path(model_dir, RUN_RECORD))
+    return bool(record) and isinstance(record.get("config"), dict)
+
+
+def truncate_eval_history(model_dir: str, last_step: int) -> None:
+    """Drops the lines of evaluations after `last_step` (a killed run evaluated steps that
+    the resumed run trains and evaluates again): one line per evaluated step."""
+    history = path(model_dir, EVAL_HISTORY)
+    try:
+        with open(history) as f:
+            lines = f.read().splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+        if step <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        atomic.write_file(history, "".join(kept))
+
+
 def config_changes(model_dir: str, config: Config) -> tuple[list[str], list[str]]:
     """(refused, allowed): '--flag: old -> new' for every flag that differs from the
     recorded run.json. Flags missing from an older record count as their defaults."""
     record = read_json(path(model_dir, RUN_RECORD))
-    if not record or "config" not in record:
+    if not record or not isinstance(record.get("config"), dict):
         return [], []
     old = record["config"]
     refused, allowed = [], []
@@ -156,103 +305,3 @@ def config_changes(model_dir: str, config: Config) -> tuple[list[str], list[str]
         line = f"--{field.name}: {before!r} -> {after!r}"
         (allowed if field.name in RESUMABLE_CHANGES else refused).append(line)
     return refused, allowed
-
-
-class RunLocked(ConfigError):
-    """Another trainer holds the run directory (exit 2, like any bad --model_dir)."""
-
-
-class RunLock:
-    """An exclusive lock on a run directory, held by the chief for the whole run.
-
-    The lock file is written complete under a temporary name and hard-linked into place:
-    link() fails if `lock` exists, atomically, on local filesystems and on NFS. A lock of
-    a dead process on this host is stale and taken over with a warning. A lock written by
-    another host cannot be checked for liveness from here and is refused.
-    """
-
-    def __init__(self, model_dir: str):
-        self.file = path(model_dir, LOCK)
-        self.held = False
-
-    def acquire(self) -> "RunLock":
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        tmp = f"{self.file}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(me))
-        try:
-            for _ in range(2):
-                try:
-                    _link_exclusive(tmp, self.file)
-                    self.held = True
-                    return self
-                except FileExistsError:
-                    self._take_over_if_stale()
-            raise RunLocked(f"{self.file} appeared again while a stale lock was removed; "
-                            "another run is starting on this --model_dir.")
-        finally:
-            os.unlink(tmp)
-
-    def _take_over_if_stale(self) -> None:
-        holder = read_json(self.file) or {}
-        pid, host = holder.get("pid"), holder.get("host")
-        who = (f"pid {pid} on host {host}, started {holder.get('started')}" if pid
-               else "an unreadable lock file")
-        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
-            logging.warning("removing the stale lock of %s (that process has ended): %s",
-                            who, self.file)
-            try:
-                os.unlink(self.file)
-            except FileNotFoundError:
-                pass
-            return
-        if host and host != socket.gethostname():
-            raise RunLocked(
-                f"--model_dir is in use by {who} ({self.file}). A lock from another host cannot "
-                "be checked from here: if that run has ended, delete the lock file and rerun; "
-                "otherwise use another --model_dir.")
-        raise RunLocked(f"--model_dir is in use by {who} ({self.file}): wait for it to end, "
-                        "stop it, or use another --model_dir (two trainers on one directory "
-                        "would overwrite each other's checkpoints). If no run is active, delete "
-                        "the lock file.")
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            try:
-                os.unlink(self.file)
-            except FileNotFoundError:
-                pass
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-def _link_exclusive(source: str, target: str) -> None:
-    """Creates `target` with the content of `source`; FileExistsError if it exists."""
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        raise
-    except OSError:
-        # A filesystem without hard links: O_EXCL creation is exclusive as well, but a
-        # reader may briefly see the file before its content.
-        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        with open(source) as src, os.fdopen(fd, "w") as dst:
-            dst.write(src.read())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    except OSError as err:
-        return err.errno != errno.ESRCH
-    return True

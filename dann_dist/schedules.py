@@ -1,4 +1,5 @@
-"""The paper's per-step schedules, as functions of training progress p in [0, 1]."""
+"""The per-step schedules (the paper's, as functions of training progress p in [0, 1]),
+and what the flags make of them for a run (logged, and recorded in run.json)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,38 @@ class AnnealedLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"initial": self.initial, "total_steps": self.total_steps,
                 "alpha": self.alpha, "beta": self.beta, "warmup_steps": self.warmup_steps}
+
+
+def adversary_scale(config) -> float:
+    """1, or 1/k where --scale_adversary=false undoes the learning-rate scaling k for the
+    adversarial path (the adversary's rate and the reversed gradient keep their size at
+    --lr_base_batch: a min-max game does not take the linear rule; results/scaling.md)."""
+    if config.scale_adversary:
+        return 1.0
+    return config.learning_rate / config.effective_learning_rate
+
+
+def derived(config, backend) -> dict:
+    """What the flags imply for this run on this many replicas (recorded in run.json)."""
+    return {"train_steps": config.train_steps,
+            "train_pairs": config.train_steps * config.batch_size,
+            "warmup_steps": config.warmup_steps,
+            "effective_ema_momentum": config.effective_ema_momentum,
+            "effective_learning_rate": config.effective_learning_rate,
+            "adversary_scale": adversary_scale(config),
+            "global_batch_per_domain": config.batch_size, "replicas": backend.num_replicas,
+            "per_replica_batch_per_domain": backend.per_replica_batch(config.batch_size)}
+
+
+def describe(config) -> str:
+    """One log line: the run's length, learning rate and warm-up."""
+    length = (f"--train_pairs={config.train_pairs} / --batch_size={config.batch_size}"
+              if config.train_pairs else "--train_steps")
+    lr = f"learning rate {config.learning_rate:g}"
+    if config.lr_scaling != "none":
+        lr += (f" scaled {config.lr_scaling} (global batch {config.batch_size} / "
+               f"{config.lr_base_batch}) to {config.effective_learning_rate:g}")
+    if not config.scale_adversary and config.lr_scaling != "none":
+        lr += " (the adversarial path kept at the base batch's step)"
+    warmup = f", linear warm-up over {config.warmup_steps} steps" if config.warmup_steps else ""
+    return f"{config.train_steps} steps ({length}); {lr}, {config.lr_schedule}{warmup}"

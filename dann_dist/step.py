@@ -1,19 +1,22 @@
-"""The DANN train step, written once and run by every backend.
+"""The train step, written once and run by every backend, for any method.
 
 A step has three stages so that a backend can sit between them:
-  1. `compute_gradients` (per replica, XLA-compilable): forward pass of both domains,
-     the label and domain losses, and the gradients of all three models;
+  1. `compute_gradients` (per replica, XLA-compilable): the method's objective on the
+     replica's batch and the gradients of every model group;
   2. `backend.all_reduce_gradients`: identity on one device, one fused Horovod
      all-reduce, or nothing under tf.distribute (Keras optimizers sum across replicas);
-  3. three optimizers apply their group.
+  3. one optimizer per group applies its gradients.
 Per-replica losses are divided by the GLOBAL batch, so summing gradients (and metric
 sums) over replicas gives exactly the single-device mean over the global batch.
+Metrics travel by name: {name: (sum, count)} from the method to the trainer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import operator
 from typing import Callable
 
 import keras
@@ -21,85 +24,99 @@ import tensorflow as tf
 
 from dann_dist import schedules
 from dann_dist.config import Config
-from dann_dist.models import DannModels, reverse_gradient
-
-# Order of the metric sums each replica returns; the trainer divides by the counts.
-METRIC_SUMS = ("label_loss", "domain_loss", "label_correct", "domain_correct")
+from dann_dist.methods import base, registry
 
 
 @dataclasses.dataclass
 class TrainState:
     """Everything a checkpoint holds and a step changes."""
-    models: DannModels
-    optimizers: tuple[keras.optimizers.Optimizer, ...]
+    models: dict                  # group name -> keras.Model, in the method's order
+    optimizers: dict              # group name -> its optimizer
     step: tf.Variable
-    # mixed_float16 only: one dynamic loss scale for all three gradient groups, so that
-    # they are scaled, unscaled and skipped together.
+    # Training seconds of the run up to its last checkpoint (a resumed run adds its own).
+    train_seconds: tf.Variable
+    # rundir.trained_fingerprint of the flags it was trained with (0: not yet recorded).
+    config_fingerprint: tf.Variable
+    # mixed_float16 only: one dynamic loss scale for all gradient groups, so that they
+    # are scaled, unscaled and skipped together.
     loss_scale: tf.Variable | None = None
     good_steps: tf.Variable | None = None
 
     def trackables(self) -> dict:
-        names = ("extractor", "classifier", "discriminator")
-        out = {"step": self.step}
+        out = {"step": self.step, "train_seconds": self.train_seconds,
+               "config_fingerprint": self.config_fingerprint}
         if self.loss_scale is not None:
             out.update(loss_scale=self.loss_scale, good_steps=self.good_steps)
-        out.update(zip(names, self.models.groups))
-        out.update((f"{n}_optimizer", o) for n, o in zip(names, self.optimizers))
+        out.update(self.models)
+        out.update((f"{name}_optimizer", o) for name, o in self.optimizers.items())
         return out
 
     def all_variables(self) -> list:
-        variables = [v for m in self.models.groups for v in m.variables]
-        variables += [v for o in self.optimizers for v in o.variables]
+        variables = [v for m in self.models.values() for v in m.variables]
+        variables += [v for o in self.optimizers.values() for v in o.variables]
+        variables.append(self.train_seconds)
         if self.loss_scale is not None:
             variables += [self.loss_scale, self.good_steps]
         return variables
 
 
-def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
-    lr = config.effective_learning_rate
+def make_optimizer(config: Config, adversary: bool = False) -> keras.optimizers.Optimizer:
+    lr, momentum = config.effective_learning_rate, config.momentum
+    if adversary:
+        # Two time-scales: the adversary's own rate and momentum (TTUR; DomainBed's DANN).
+        if config.disc_learning_rate:
+            lr = config.disc_learning_rate * (config.effective_learning_rate
+                                              / config.learning_rate)
+        lr *= schedules.adversary_scale(config)
+        momentum = config.momentum if config.disc_momentum < 0 else config.disc_momentum
     if config.lr_schedule == "annealed" or config.warmup_steps:
         alpha = config.lr_alpha if config.lr_schedule == "annealed" else 0.0
         lr = schedules.AnnealedLearningRate(lr, config.train_steps, alpha, config.lr_beta,
                                             config.warmup_steps)
     # The optimizer keeps the weight average (and checkpoints it); training never sees it.
-    momentum = config.effective_ema_momentum
-    ema = dict(use_ema=momentum > 0, ema_momentum=momentum or 0.99)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=config.momentum, **ema)
-    return keras.optimizers.Adam(lr, **ema)
+    ema_momentum = config.effective_ema_momentum
+    ema = dict(use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(lr, **ema)
+    return keras.optimizers.SGD(lr, momentum=momentum, nesterov=config.optimizer == "nesterov",
+                                **ema)
 
 
 @contextlib.contextmanager
 def evaluation_weights(state: TrainState):
     """Within the block, the models hold the moving average of their weights (when
     --ema_momentum > 0); the raw weights, which training continues from, come back after."""
-    if not state.optimizers[0].use_ema:
+    first = next(iter(state.optimizers.values()))
+    if not first.use_ema:
         yield
         return
-    raw = [[v.numpy() for v in m.trainable_variables] for m in state.models.groups]
-    for optimizer, model in zip(state.optimizers, state.models.groups):
-        optimizer.finalize_variable_values(model.trainable_variables)
+    raw = {name: [v.numpy() for v in m.trainable_variables] for name, m in state.models.items()}
+    for name, model in state.models.items():
+        state.optimizers[name].finalize_variable_values(model.trainable_variables)
     try:
         yield
     finally:
-        for values, model in zip(raw, state.models.groups):
-            for variable, value in zip(model.trainable_variables, values):
+        for name, model in state.models.items():
+            for variable, value in zip(model.trainable_variables, raw[name]):
                 variable.assign(value)
 
 
-def create_state(models: DannModels, config: Config) -> TrainState:
+def create_state(models: dict, config: Config) -> TrainState:
     """Creates optimizers with their slots, so that every replica and rank holds the
     complete state from the start (Horovod broadcasts it; checkpoints restore it)."""
-    optimizers = tuple(make_optimizer(config) for _ in models.groups)
-    for optimizer, model in zip(optimizers, models.groups):
-        optimizer.build(model.trainable_variables)
+    adversaries = registry.get(config.adaptation).adversary_groups
+    optimizers = {name: make_optimizer(config, name in adversaries) for name in models}
+    for name, model in models.items():
+        optimizers[name].build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+    fingerprint = tf.Variable(0, dtype=tf.int64, trainable=False, name="config_fingerprint")
     if config.precision != "mixed_float16":
-        return TrainState(models, optimizers, step)
+        return TrainState(models, optimizers, step, seconds, fingerprint)
     loss_scale = tf.Variable(INITIAL_LOSS_SCALE, dtype=tf.float32, trainable=False,
                              name="loss_scale")
     good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
-    return TrainState(models, optimizers, step, loss_scale, good_steps)
+    return TrainState(models, optimizers, step, seconds, fingerprint, loss_scale, good_steps)
 
 
 # Dynamic loss scaling as in mixed-precision training practice: start high, halve on a
@@ -118,83 +135,43 @@ def update_loss_scale(state: TrainState, finite) -> None:
 
 
 def adaptation_factor(config: Config, step) -> tf.Tensor:
-    if config.adaptation != "dann":
-        return tf.constant(0.0)
-    p = schedules.progress(step, config.train_steps)
-    return schedules.adaptation_factor(p, config.gamma, config.lambda_max)
+    """lambda_p of the config's method at `step` (0 for methods that do not adapt)."""
+    return registry.get(config.adaptation).adaptation_factor(config, step)
 
 
-def make_compute_gradients(models: DannModels, config: Config, global_batch: int) -> Callable:
-    """Returns fn(batch, lam, step, loss_scale) -> (flat gradients of the three groups,
-    unscaled; metric sums). loss_scale is 1 except under mixed_float16."""
-    extractor, classifier, discriminator = models.groups
-    flipped = config.adversarial_loss == "flipped_labels"
-    label_xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-    domain_xent = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
-    entropy_weight = config.target_entropy_weight
+def make_compute_gradients(models: dict, config: Config, global_batch: int) -> Callable:
+    """Returns fn(batch, lam, step, loss_scale) -> (flat gradients of the groups in the
+    models' order, unscaled; {metric name: (sum, count)}). loss_scale is 1 except under
+    mixed_float16."""
+    method = registry.get(config.adaptation)
+    per_group = method.uses_group_losses(config)
+    reversal_scale = schedules.adversary_scale(config)
 
     def compute(batch, lam, step, scale):
-        source, labels = batch["source_images"], batch["source_labels"]
-        target = batch["target_images"]
-        n = tf.shape(source)[0]
-        # Source = 0, target = 1.
-        domain_labels = tf.concat([tf.zeros([n, 1]), tf.ones([tf.shape(target)[0], 1])], axis=0)
-        with tf.GradientTape(persistent=flipped) as tape:
-            features = extractor(tf.concat([source, target], axis=0), training=True)
-            if entropy_weight > 0:
-                all_logits = classifier(features, training=True)
-                label_logits = all_logits[:n]
-                # VADA's conditional entropy on the target batch, ramped like the
-                # adversarial term (lam is 0 early, when predictions are still noise).
-                target_log_p = tf.nn.log_softmax(all_logits[n:])
-                entropy_sum = -tf.reduce_sum(tf.exp(target_log_p) * target_log_p)
-                entropy_loss = lam * entropy_weight * entropy_sum / global_batch
-            else:
-                label_logits = classifier(features[:n], training=True)
-                entropy_loss = 0.0
-            label_loss_sum = tf.reduce_sum(label_xent(labels, label_logits))
-            if config.debug_nan_step >= 0:
-                # `step` counts the steps done before this one: this is step + 1, the
-                # number the trainer's logs and its NaN guard report.
-                label_loss_sum += tf.where(step + 1 == config.debug_nan_step, float("nan"), 0.0)
-            label_loss = label_loss_sum / global_batch
-            disc_input = features if flipped else reverse_gradient(features, lam)
-            domain_logits = discriminator(disc_input, training=True)
-            domain_loss_sum = tf.reduce_sum(domain_xent(domain_labels, domain_logits))
-            # A mean over both domains' 2 * global_batch images. The paper's eq. 10 adds the
-            # source mean to the target mean instead, i.e. domain_loss_weight=2.
-            domain_weight = config.domain_loss_weight / (2 * global_batch)
-            domain_loss = domain_loss_sum * domain_weight
+        ctx = base.StepContext(config, global_batch, lam, lam * reversal_scale, step)
+        with tf.GradientTape(persistent=per_group) as tape:
+            objective = method.objective(models, batch, ctx)
             # Scaled inside the tape (scale is 1 unless mixed_float16), unscaled below.
-            if flipped:
-                fooled = domain_xent(1.0 - domain_labels, domain_logits)
-                fooled_loss = tf.reduce_sum(fooled) * domain_weight
-                classifier_loss = label_loss + entropy_loss
-                scaled_losses = [(classifier_loss + lam * fooled_loss) * scale,
-                                 classifier_loss * scale, domain_loss * scale]
+            if per_group:
+                scaled = {name: loss * scale for name, loss in objective.group_losses.items()}
             else:
-                scaled_total = (label_loss + entropy_loss + domain_loss) * scale
-
-        if flipped:
-            grads = [g for loss, model in zip(scaled_losses, models.groups)
-                     for g in tape.gradient(loss, model.trainable_variables)]
+                scaled_total = total_loss(objective.terms) * scale
+        if per_group:
+            grads = [g for name, model in models.items()
+                     for g in tape.gradient(scaled[name], model.trainable_variables)]
             del tape
         else:
-            variables = [v for m in models.groups for v in m.trainable_variables]
+            variables = [v for m in models.values() for v in m.trainable_variables]
             grads = tape.gradient(scaled_total, variables)
-        grads = [g / scale for g in grads]
-
-        label_correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(label_logits, axis=-1, output_type=labels.dtype), labels),
-            tf.float32))
-        domain_correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.cast(domain_logits > 0.0, tf.float32), domain_labels), tf.float32))
-        sums = tf.stack([label_loss_sum, domain_loss_sum, label_correct, domain_correct])
-        return grads, sums
+        return [g / scale for g in grads], objective.metrics
 
     if config.jit_compile:
         return tf.function(compute, jit_compile=True)
     return compute
+
+
+def total_loss(terms: dict):
+    return functools.reduce(operator.add, terms.values())
 
 
 def clip_by_global_norm(grads: list, clip_norm: float) -> list:
@@ -214,21 +191,38 @@ def clip_by_global_norm(grads: list, clip_norm: float) -> list:
 
 def apply_gradients(state: TrainState, grads: list) -> None:
     start = 0
-    for optimizer, model in zip(state.optimizers, state.models.groups):
+    for name, model in state.models.items():
         variables = model.trainable_variables
-        optimizer.apply(grads[start:start + len(variables)], variables)
+        state.optimizers[name].apply(grads[start:start + len(variables)], variables)
         start += len(variables)
 
 
+def pack_metrics(metrics: dict, names: list) -> tf.Tensor:
+    """[sum..., count...] in the order of `names` (filled on the first call), so that one
+    all-reduce carries every metric."""
+    if not names:
+        names.extend(metrics)
+    sums = [tf.cast(metrics[n][0], tf.float32) for n in names]
+    counts = [tf.cast(metrics[n][1], tf.float32) for n in names]
+    return tf.stack(sums + counts)
+
+
+def unpack_metrics(packed, names: list) -> dict:
+    k = len(names)
+    return {name: (packed[i], packed[k + i]) for i, name in enumerate(names)}
+
+
 def make_train_step(state: TrainState, config: Config, backend) -> Callable:
-    """Returns a tf.function (iterator, stop) -> (metric sums over all replicas, lambda,
-    stop votes). `stop` (0. or 1.) rides along with the metric all-reduce, so a signal
-    seen by any process stops every process after the same step, at no extra cost."""
+    """Returns a tf.function (iterator, stop) -> ({metric: (sum, count)} over all
+    replicas, lambda, stop votes). `stop` (0. or 1.) rides along with the metric
+    all-reduce, so a signal seen by any process stops every process after the same step,
+    at no extra cost; so does the finite-gradient vote of mixed_float16."""
     compute = make_compute_gradients(state.models, config, backend.global_batch(config.batch_size))
     scaled = state.loss_scale is not None
+    names: list = []
 
     def replica_step(batch, lam, step, stop, scale):
-        grads, sums = compute(batch, lam, step, scale)
+        grads, metrics = compute(batch, lam, step, scale)
         grads = backend.all_reduce_gradients(grads)
         finite = tf.constant(1.0)
         if scaled:
@@ -237,7 +231,7 @@ def make_train_step(state: TrainState, config: Config, backend) -> Callable:
         if config.clip_norm > 0:
             grads = clip_by_global_norm(grads, config.clip_norm)
         apply_gradients(state, grads)
-        return tf.concat([sums, [stop, finite]], axis=0)
+        return tf.concat([pack_metrics(metrics, names), [stop, finite]], axis=0)
 
     @tf.function
     def train_step(iterator, stop):
@@ -249,6 +243,6 @@ def make_train_step(state: TrainState, config: Config, backend) -> Callable:
         totals = backend.sum_over_replicas(totals)
         if scaled:
             update_loss_scale(state, totals[-1] >= backend.num_replicas)
-        return totals[:-2], lam, totals[-2]
+        return unpack_metrics(totals[:-2], names), lam, totals[-2]
 
     return train_step

@@ -1,13 +1,16 @@
-"""TensorBoard output, written by the chief only (other processes get a no-op writer)."""
+"""TensorBoard output and the progress lines, written by the chief only (other processes
+get a no-op writer)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 
@@ -110,3 +113,57 @@ def mark_restart(directory: str, first_step: int, second: int) -> None:
                                      file_version="brain.Event:2").SerializeToString())
         writer.write(start.SerializeToString())
         writer.write(start.SerializeToString())
+
+
+class Window:
+    """Named metric sums and counts since the last progress line."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums, self.counts = {}, {}
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        """metrics: {name: (sum, count)} of one step over all replicas."""
+        for name, (total, count) in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(total)
+            self.counts[name] = self.counts.get(name, 0.0) + float(count)
+        self.steps += 1
+
+    def means(self) -> dict:
+        return {name: self.sums[name] / max(self.counts[name], 1.0) for name in self.sums}
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def format_metrics(metrics: dict) -> str:
+    """name=value pairs of a progress or evaluation line."""
+    return " ".join(f"{k.rstrip('_')}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in metrics.items() if k not in ("step", "weights_digest"))
+
+
+def duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, sec = divmod(int(seconds), 60)
+    return f"{minutes}m{sec:02d}s"
+
+
+def progress_line(summaries: Summaries, window: Window, step: int, config, lam: float,
+                  learning_rate: float, is_chief: bool) -> None:
+    """The window's means, lambda, learning rate and speed: to TensorBoard and (chief) to
+    the log with the time left; then a new window."""
+    elapsed = window.seconds()
+    metrics = window.means()
+    metrics.update(lambda_=lam, learning_rate=learning_rate,
+                   steps_per_sec=window.steps / elapsed,
+                   examples_per_sec=window.steps * 2 * config.batch_size / elapsed)
+    summaries.scalars("train", {k.rstrip("_"): v for k, v in metrics.items()}, step)
+    if is_chief:
+        eta = (config.train_steps - step) / metrics["steps_per_sec"]
+        logging.info("step %d/%d %s eta %s", step, config.train_steps, format_metrics(metrics),
+                     duration(eta))
+    window.reset()

@@ -26,6 +26,8 @@ def main(argv: list[str], domains=None) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; flags are --name=value", cli.EXIT_USAGE)
     # Heavy imports after flag parsing: --help and flag errors stay instant.
+    import tensorflow as tf
+
     from dann_dist import checkpoints, distribute, trainer
     from dann_dist.data import DataError
 
@@ -40,6 +42,14 @@ def main(argv: list[str], domains=None) -> None:
         cli.fail(str(err), cli.EXIT_NONFINITE)
     except trainer.StopRequested as stop:
         cli.fail(f"{stop}; rerun the same command to resume", stop.exit_code)
+    except (OSError, tf.errors.OpError) as err:
+        # A full disk or a failing filesystem at any write (lock, run.json, TensorBoard,
+        # eval_history, metrics.json): checkpoints are written whole or not at all.
+        where = getattr(err, "filename", None) or ""
+        cli.fail(f"reading or writing {where or 'the run directory'} failed "
+                 f"({str(err).splitlines()[0][:300]}); the checkpoints already written are "
+                 "kept: fix the cause (e.g. free space) and rerun the same command to resume.",
+                 cli.EXIT_ERROR)
     print(json.dumps(metrics, sort_keys=True), flush=True)
 
 

@@ -2,136 +2,47 @@
 summaries, checkpoints and the export, written by the chief only.
 
 train_and_evaluate reads top-down as its named steps: start the backend, claim the run
-directory, load the inputs, build the state, restore, train, finish. Lines that exist
-only for distribution carry a `# Distributed:` comment.
+directory, load the inputs, build the state, restore the checkpoint, open the records,
+train, finish. The method (dann_dist/methods/) decides the networks and the objective;
+nothing here depends on which. Lines that exist only for distribution carry a
+`# Distributed:` comment.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import math
 import signal
 import time
 from typing import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dann_dist import checkpoints, distribute, rundir
+from dann_dist import (
+    checkpoints,
+    claim,
+    distribute,
+    lease,
+    noise_measure,
+    rundir,
+    schedules,
+    stopping,
+)
 from dann_dist import config as config_lib
+from dann_dist import inputs as inputs_lib
 from dann_dist import step as step_lib
-from dann_dist.data import sample_grid
-from dann_dist.data.load import load_domains
-from dann_dist.data.pipeline import channel_mean, train_dataset
+from dann_dist.data import pairs, sample_grid
+from dann_dist.data.errors import DataError
 from dann_dist.eval_lib import make_evaluator
+from dann_dist.methods import registry
 from dann_dist.models import models_for
-from dann_dist.summaries import Summaries
+from dann_dist.summaries import Summaries, Window, format_metrics, progress_line
 
-
-class NonFiniteLossError(RuntimeError):
-    """A NaN/Inf loss or weight (exit 3); the last checkpoint written before it is good."""
-
-
-class StopRequested(Exception):
-    """A signal asked the run to stop (exit 128 + signal)."""
-
-    def __init__(self, signum: int, checkpoint_written: bool = True):
-        what = ("checkpoint written" if checkpoint_written else
-                "stopped outside training; the checkpoints on disk are unchanged")
-        super().__init__(f"stopped by {signal.Signals(signum).name}; {what}")
-        self.exit_code = 128 + signum
-
-
-class _Signals:
-    """SIGTERM/SIGINT handling for the whole run. Inside `deferred()` (the training loop)
-    a signal is recorded, and the loop checkpoints and stops after the current step;
-    elsewhere it raises StopRequested at once, so that the run directory's lock is
-    released on the way out."""
-
-    def __init__(self):
-        self.signum = 0
-        self._defer = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        if not self._defer:
-            raise StopRequested(signum, checkpoint_written=False)
-
-    @contextlib.contextmanager
-    def deferred(self):
-        self._defer = True
-        try:
-            yield
-        finally:
-            self._defer = False
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _trim(x, n):
-    return x[:n] if n else x
-
-
-def _fingerprint(*arrays) -> str:
-    """Shapes, labels and a strided sample of the pixels: cheap, and any two data sets a
-    user could mix up differ in it."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array.reshape(len(array), -1)[::97]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _split_holdout(x, y, holdout: int):
-    """(train x, train y, (validation x, validation y)): the last `holdout` examples are
-    kept for validation, never trained on."""
-    if holdout == 0:
-        return x, y, None
-    if holdout >= len(x):
-        raise config_lib.ConfigError(f"--source_holdout={holdout} leaves no source training "
-                                     f"images (there are {len(x)}).")
-    return x[:-holdout], y[:-holdout], (x[-holdout:], y[-holdout:])
-
-
-@dataclasses.dataclass(frozen=True)
-class Inputs:
-    """What the loop trains and evaluates on, cut from the two domains."""
-    train_x: np.ndarray            # labelled stream (source; target for target_only)
-    train_y: np.ndarray
-    target_x: np.ndarray           # unlabelled target stream
-    test_sets: dict                # {"source": (x, y), "target": (x, y)}
-    source_val: tuple | None       # held-out source (x, y), never trained on
-    selection_images: np.ndarray   # unlabelled target images for the entropy criterion
-    mean: np.ndarray               # per-channel training mean, subtracted from every input
-    domains: tuple = ()            # the (source, target) Domains, for logs and summaries
-
-
-def prepare_inputs(config: config_lib.Config, source, target) -> Inputs:
-    train_x, train_y, source_val = _split_holdout(source.x_train, source.y_train,
-                                                  config.source_holdout)
-    if config.adaptation == "target_only":
-        # The paper's upper bound: the labelled stream is the target domain.
-        train_x, train_y = target.x_train, target.y_train
-    train_x = _trim(train_x, config.max_train_examples)
-    train_y = _trim(train_y, config.max_train_examples)
-    target_x = _trim(target.x_train, config.max_train_examples)
-    n_test = config.max_test_examples
-    test_sets = {"source": (_trim(source.x_test, n_test), _trim(source.y_test, n_test)),
-                 "target": (_trim(target.x_test, n_test), _trim(target.y_test, n_test))}
-    return Inputs(train_x, train_y, target_x, test_sets, source_val,
-                  target_x[:config.selection_images], channel_mean(train_x, target_x))
+# The names train.py and the tests catch.
+NonFiniteLossError = stopping.NonFiniteLossError
+StopRequested = stopping.StopRequested
 
 
 @dataclasses.dataclass
@@ -139,7 +50,7 @@ class Run:
     """What the steps of train_and_evaluate share."""
     config: config_lib.Config
     backend: distribute.Backend
-    inputs: Inputs
+    inputs: inputs_lib.Inputs
     fingerprint: str
     state: step_lib.TrainState
     manager: tf.train.CheckpointManager
@@ -153,9 +64,18 @@ class Run:
     # Training time excludes evaluations, so images/s and time-to-accuracy compare runs
     # that evaluate at different intervals (the scaling study's rows).
     eval_seconds: float = 0.0
+    # The run directory's lease, held by the chief (lease.RunLock), and its token, which
+    # a new elastic chief presents to take the lease over.
+    lock: lease.RunLock | None = None
+    lock_token: str | None = None
+    # The noise-scale measurement's traced step, kept between evaluations.
+    noise_cache: dict = dataclasses.field(default_factory=dict)
 
     def train_seconds(self) -> float:
-        return time.perf_counter() - self.started - self.eval_seconds
+        """Training seconds of the whole run: those before the last resume (kept in the
+        checkpoint) plus this process's since."""
+        return (float(self.state.train_seconds.numpy()) + time.perf_counter() - self.started
+                - self.eval_seconds)
 
 
 def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
@@ -163,20 +83,43 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     `domains` (source, target) may be passed in to skip loading (tests)."""
     config, backend = start_backend(config)
     with contextlib.ExitStack() as stack:
-        signals = stack.enter_context(_Signals())
-        if backend.is_chief:
-            stack.enter_context(claim_run_dir(config))
-        inputs, fingerprint = load_inputs(config, backend, domains)
+        signals = stack.enter_context(stopping.Signals())
+        lock = stack.enter_context(claim.claim_run_dir(config)) if backend.is_chief else None
+        inputs, fingerprint = inputs_lib.load(config, backend, domains)
         run = build(config, backend, inputs, fingerprint)
-        restore(run)
+        run.lock = lock
+        # Also a chief that took the lease over later (elastic) gives it back; twice is a no-op.
+        stack.callback(lambda: run.lock is not None and run.lock.release())
+        restore_checkpoint(run)
+        open_records(run)
+        # Loading the data can take minutes: the lease's clock restarts now, and a trainer
+        # that took the directory over meanwhile stops this one (LeaseLost, exit 2).
+        _renew_lease(run, force=True)
         step = backend.train(run.state.all_variables() + [run.state.step],
                              loop=lambda: train_loop(run, signals),
                              on_enter=lambda: _enter_loop(run))
-        return finish(run, step)
+        with signals.deferred():
+            metrics = finish(run, step)
+        if signals.signum:
+            # A scheduler's SIGTERM during the last step or the export: the run is complete
+            # (a rerun does nothing), but the exit status must say it was stopped (143), so
+            # that Slurm and Kubernetes treat the job as preempted, not failed or done.
+            raise StopRequested(signals.signum)
+        return metrics
 
 
 def start_backend(config: config_lib.Config):
     """The backend, determinism, seed and the resolved precision: (config, backend)."""
+    try:
+        pairs.get(config.pair)
+    except DataError as err:  # a bad flag (exit 2), found before any data is read
+        raise config_lib.ConfigError(str(err)) from err
+    method = registry.get(config.adaptation)
+    if config.adversarial_loss not in method.adversarial_losses:
+        raise config_lib.ConfigError(
+            f"--adversarial_loss={config.adversarial_loss} is not implemented by "
+            f"--adaptation={config.adaptation}: use --adversarial_loss="
+            f"{'|'.join(method.adversarial_losses)}.")
     backend = distribute.make_backend(config)
     if config.elastic and not isinstance(backend, distribute.Horovod):
         raise config_lib.ConfigError(
@@ -194,68 +137,18 @@ def start_backend(config: config_lib.Config):
     if backend.is_chief:
         logging.info("%s", backend.describe(config.batch_size))
         logging.info("precision %s (%s)", precision, precision_reason)
-        logging.info("%s", _describe_schedule(config))
+        logging.info("%s", schedules.describe(config))
     return config, backend
 
 
-@contextlib.contextmanager
-def claim_run_dir(config: config_lib.Config):
-    """Chief only, before anything is read or written there: creates --model_dir, holds
-    its lock for the run, refuses a resume whose flags change what is trained, removes
-    what killed checkpoint writes left and repairs a damaged checkpoint index."""
-    rundir.create(config.model_dir)
-    with rundir.RunLock(config.model_dir):
-        if checkpoints.on_disk(config.model_dir):
-            _check_config_changes(config)
-        checkpoints.clean_leftovers(config.model_dir)
-        checkpoints.repair_index(config.model_dir)
-        yield
-
-
-def _check_config_changes(config: config_lib.Config) -> None:
-    refused, allowed = rundir.config_changes(config.model_dir, config)
-    if allowed:
-        logging.info("resuming with changed flags that do not change what is trained: %s",
-                     "; ".join(allowed))
-    if not refused:
-        return
-    if config.allow_config_change:
-        logging.warning("resuming with changed flags (--allow_config_change): %s; run.json "
-                        "will record the new values", "; ".join(refused))
-        return
-    raise config_lib.ConfigError(
-        f"{config.model_dir} holds a run trained with other flags; resuming would silently "
-        "change what is trained:\n  " + "\n  ".join(refused) + "\nRerun with the recorded "
-        "flags (run.json), use another --model_dir, or pass --allow_config_change to change "
-        "them deliberately.")
-
-
-def load_inputs(config: config_lib.Config, backend, domains):
-    """(Inputs, fingerprint) of what this process trains and evaluates on."""
-    # Elastic: no collective may run outside the elastic loop (a process that joins later
-    # would meet the others' state broadcast there); the data cache is written atomically.
-    source, target = domains or (load_domains(config) if config.elastic else
-                                 backend.local_leader_first(lambda: load_domains(config)))
-    inputs = prepare_inputs(config, source, target)
-    # Precision is in it because --precision=auto follows each host's CPU.
-    fingerprint = (f"data {_fingerprint(inputs.train_x, inputs.train_y, inputs.target_x)}, "
-                   f"precision {config.precision}")
-    if not config.elastic:
-        # Distributed: elastic runs check on every (re-)entry instead (_enter_loop).
-        backend.check_same_on_all_processes("training data and precision", fingerprint)
-    if backend.is_chief:
-        logging.info("source: %s (%d train); target: %s (%d train, labels used for evaluation "
-                     "only)", source.description, len(inputs.train_x), target.description,
-                     len(inputs.target_x))
-    return dataclasses.replace(inputs, domains=(source, target)), fingerprint
-
-
-def build(config: config_lib.Config, backend, inputs: Inputs, fingerprint: str) -> Run:
+def build(config: config_lib.Config, backend, inputs: inputs_lib.Inputs,
+          fingerprint: str) -> Run:
     with backend.scope():
         models = models_for(config)
         state = step_lib.create_state(models, config)
+    method = registry.get(config.adaptation)
     return Run(config, backend, inputs, fingerprint, state, _make_manager(config, backend, state),
-               make_evaluator(models))
+               make_evaluator(models, method))
 
 
 def _make_manager(config, backend, state) -> tf.train.CheckpointManager:
@@ -263,24 +156,36 @@ def _make_manager(config, backend, state) -> tf.train.CheckpointManager:
                                     config.keep_checkpoints)
 
 
-def restore(run: Run) -> None:
-    """Restores the newest readable checkpoint, then (chief) records run.json, opens the
-    summaries and redoes an evaluation that a kill interrupted."""
-    config, backend = run.config, run.backend
+def restore_checkpoint(run: Run) -> None:
+    """Restores the newest readable checkpoint (none: a fresh run at step 0)."""
+    config = run.config
     restored = checkpoints.restore_latest(run.manager)
     run.start_step = int(run.state.step.numpy())
     if run.start_step > config.train_steps:
         raise config_lib.ConfigError(
             f"{config.model_dir} is at step {run.start_step}, past --train_steps="
             f"{config.train_steps}: raise --train_steps or use another --model_dir.")
-    if backend.is_chief:
+    if run.backend.is_chief:
         logging.info("%s at step %d", f"resumed from {restored}" if restored else "fresh run",
                      run.start_step)
+        if restored:
+            claim.check_fingerprint(config, int(run.state.config_fingerprint.numpy()))
+    run.state.config_fingerprint.assign(rundir.trained_fingerprint(config))
+
+
+def open_records(run: Run) -> None:
+    """Chief: records run.json; every process: opens the summaries; redoes an evaluation
+    that a kill interrupted."""
+    config, backend = run.config, run.backend
+    finished = _finished_before(run)
+    if backend.is_chief and not finished:
+        rundir.truncate_eval_history(config.model_dir, run.start_step)
         # Only now: a refused or failed resume leaves the recorded run intact.
         # evaluate.py rebuilds the models and the preprocessing from this record.
         rundir.write_run_record(config.model_dir, config, run.inputs.mean,
-                                derived_schedule(config, backend))
-    run.summaries = Summaries(config.model_dir, backend.is_chief, run.start_step)
+                                schedules.derived(config, backend))
+    run.summaries = Summaries(config.model_dir, backend.is_chief and not finished,
+                              run.start_step)
     if run.start_step == 0:
         source, target = run.inputs.domains
         run.summaries.hparams(config_lib.to_dict(config))
@@ -296,6 +201,15 @@ def restore(run: Run) -> None:
         run_eval(run, run.start_step)
 
 
+def _finished_before(run: Run) -> bool:
+    """The run was complete before this invocation: its step is the last and its final
+    metrics are on disk. Rerunning it then changes nothing on disk. One process only:
+    under tf.distribute every process must take part in the final save, and a worker
+    cannot tell from its host what the chief sees."""
+    return (run.backend.num_pipelines == 1 and run.start_step == run.config.train_steps
+            and rundir.read_json(rundir.path(run.config.model_dir, rundir.METRICS)) is not None)
+
+
 def _eval_due(config: config_lib.Config, step: int) -> bool:
     return bool(config.eval_every) and step % config.eval_every == 0 and step != config.train_steps
 
@@ -305,43 +219,45 @@ def _enter_loop(run: Run) -> None:
     after the processes have synchronised, with the new number of processes."""
     config, backend = run.config, run.backend
     backend.check_same_on_all_processes("training data and precision", run.fingerprint)
+    # The chief may have changed: the lease follows it (every process has read the token
+    # on the first entry, when the first chief's lease is on disk).
+    if run.lock_token is None:
+        run.lock_token = (lease.live_lease(config.model_dir) or {}).get("token")
+    if backend.is_chief and run.lock is None:
+        run.lock = lease.RunLock(config.model_dir, token=run.lock_token).take_over()
+    elif not backend.is_chief and run.lock is not None:
+        run.lock.release()
+        run.lock = None
     # The chief may have changed: only it writes summaries and checkpoints.
     if run.summaries.enabled != backend.is_chief:
         run.summaries.flush()
         run.summaries = Summaries(config.model_dir, backend.is_chief)
     run.manager = _make_manager(config, backend, run.state)
+    run.noise_cache.clear()  # traced for the old number of replicas
     logging.info("elastic: process %d of %d, training from step %d (%s)", backend.pipeline_index,
                  backend.num_pipelines, int(run.state.step.numpy()),
                  backend.describe(config.batch_size))
 
 
-def train_loop(run: Run, signals: _Signals) -> int:
+def train_loop(run: Run, signals: stopping.Signals) -> int:
     """Trains from state.step to config.train_steps; returns the last step. Under
     --elastic it runs again after every reset, from the last commit: the input re-enters
     its stream at that step, sharded anew."""
-    config, backend, inputs = run.config, run.backend, run.inputs
+    config, backend = run.config, run.backend
     step = int(run.state.step.numpy())
     if not run.start_synced:
         run.start_step, run.start_synced = step, True
-    per_replica = backend.per_replica_batch(config.batch_size)
-    # Distributed: each input pipeline reads its own shard of the stream.
-    iterator = backend.distribute(lambda index, count, replicas: train_dataset(
-        inputs.train_x, inputs.train_y, inputs.target_x, mean=inputs.mean,
-        per_replica_batch=per_replica, seed=config.seed, replicas_per_pipeline=replicas,
-        pipeline_index=index, num_pipelines=count, start_step=step,
-        source_augment=config.source_augment))
+    iterator = inputs_lib.iterator(run.inputs, config, backend, step, config.seed)
     train_step = step_lib.make_train_step(run.state, config, backend)
-    window = _Window()
+    window = Window()
     with signals.deferred():
         while step < config.train_steps:
-            sums, lam, stop_votes = train_step(iterator, tf.constant(float(signals.signum != 0)))
+            metrics, lam, stop_votes = train_step(iterator, tf.constant(float(signals.signum != 0)))
             step += 1
-            sums = sums.numpy()
-            if not np.all(np.isfinite(sums[:2])):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step}: label loss sum {sums[0]}, domain loss "
-                    f"sum {sums[1]}; {_kept(run)}. Lower --learning_rate or check the input.")
-            window.add(sums)
+            _renew_lease(run)
+            metrics = {name: (float(s), float(c)) for name, (s, c) in metrics.items()}
+            stopping.check_metrics(metrics, step, _kept(run))
+            window.add(metrics)
             if float(stop_votes) > 0:
                 _stop(run, step, signals.signum or signal.SIGTERM)
             if step % config.log_every == 0 or step == config.train_steps:
@@ -350,9 +266,15 @@ def train_loop(run: Run, signals: _Signals) -> int:
             if step % config.checkpoint_every == 0:
                 save(run, step)
             if _eval_due(config, step):
-                run_eval(run, step)
+                run_eval(run, step, measure_noise=True)
             backend.after_step(step)
     return step
+
+
+def _renew_lease(run: Run, force: bool = False) -> None:
+    """Chief: keeps the run directory's lease fresh (one clock read unless it is due)."""
+    if run.lock is not None:
+        run.lock.renew(force=force)
 
 
 def _stop(run: Run, step: int, signum: int) -> None:
@@ -367,38 +289,13 @@ def _stop(run: Run, step: int, signum: int) -> None:
     raise StopRequested(signum)
 
 
-class _Window:
-    """Metric sums and timing since the last progress line."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums = np.zeros(len(step_lib.METRIC_SUMS))
-        self.steps, self.start = 0, time.perf_counter()
-
-    def add(self, sums) -> None:
-        self.sums += sums
-        self.steps += 1
-
-
-def _log_window(run: Run, window: _Window, step: int, lam: float) -> None:
-    config = run.config
-    elapsed = time.perf_counter() - window.start
-    metrics = _window_metrics(window.sums, window.steps, config.batch_size)
-    metrics.update(lambda_=lam, learning_rate=_learning_rate(run),
-                   steps_per_sec=window.steps / elapsed,
-                   examples_per_sec=window.steps * 2 * config.batch_size / elapsed)
-    run.summaries.scalars("train", {k.rstrip("_"): v for k, v in metrics.items()}, step)
-    if run.backend.is_chief:
-        eta = (config.train_steps - step) / metrics["steps_per_sec"]
-        logging.info("step %d/%d %s eta %s", step, config.train_steps, _fmt(metrics),
-                     _duration(eta))
-    window.reset()
+def _log_window(run: Run, window: Window, step: int, lam: float) -> None:
+    progress_line(run.summaries, window, step, run.config, lam, _learning_rate(run),
+                  run.backend.is_chief)
 
 
 def _learning_rate(run: Run) -> float:
-    return float(run.state.optimizers[0].learning_rate.numpy())
+    return float(run.state.optimizers["extractor"].learning_rate.numpy())
 
 
 def _kept(run: Run) -> str:
@@ -406,35 +303,42 @@ def _kept(run: Run) -> str:
 
 
 def _check_weights(run: Run, step: int) -> None:
-    """Raises NonFiniteLossError if a model weight is NaN/Inf (a diverged update whose
-    loss was still finite). Cheap (one pass over 0.2M numbers): run at every progress
-    line and before every save and export, so no checkpoint holds a non-finite weight."""
-    for model in run.state.models.groups:
-        for variable in model.weights:
-            value = keras.ops.convert_to_numpy(variable)
-            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-                raise NonFiniteLossError(
-                    f"non-finite weights at step {step} ({model.name}/{variable.path}); "
-                    f"{_kept(run)}. Lower --learning_rate or check the input.")
+    stopping.check_weights(run.state.models, step, _kept(run))
 
 
 def save(run: Run, step: int) -> None:
     _check_weights(run, step)
+    # The clock's total travels in the checkpoint, so a resumed run counts all of it.
+    run.state.train_seconds.assign(run.train_seconds())
+    run.started, run.eval_seconds = time.perf_counter(), 0.0
     if run.backend.saves_checkpoints:  # Distributed: who writes (see Backend)
         checkpoints.save(run.manager, step)
 
 
-def run_eval(run: Run, step: int) -> dict:
+def run_eval(run: Run, step: int, measure_noise: bool = False) -> dict:
+    """Evaluates (the weight average, where kept) and records it. measure_noise: also
+    the gradient noise scale, of the raw weights training continues from; a collective
+    step, so only where every process evaluates at the same step (not the redo of an
+    interrupted evaluation, which the chief alone decides)."""
+    _renew_lease(run)
     config = run.config
     eval_start, seconds = time.perf_counter(), run.train_seconds()
     inputs = run.inputs
+    noise = {}
+    if measure_noise and config.noise_scale_batches:
+        # Batches of another seed: the noise of the gradient, not of the next steps'.
+        noise = noise_measure.measure(run.state, config, run.backend,
+                                      inputs_lib.iterator(inputs, config, run.backend, step,
+                                                         config.seed + 1),
+                                      config.noise_scale_batches, run.noise_cache)
     with step_lib.evaluation_weights(run.state):
         metrics = run.evaluate(inputs.test_sets, inputs.mean, config.eval_batch_size,
                                inputs.source_val, inputs.selection_images)
+    metrics.update(noise)
     run.summaries.scalars("eval", metrics, step)
     metrics["step"] = step
     if run.backend.is_chief:
-        logging.info("eval step %d: %s", step, _fmt(metrics))
+        logging.info("eval step %d: %s", step, format_metrics(metrics))
         # One line per evaluation: what the report's model-selection criteria read.
         schedule = {"lambda": float(step_lib.adaptation_factor(config, step)),
                     "learning_rate": _learning_rate(run), "train_seconds": seconds,
@@ -445,19 +349,25 @@ def run_eval(run: Run, step: int) -> dict:
 
 
 def finish(run: Run, step: int) -> dict:
-    """The final checkpoint, evaluation, export and metrics.json."""
+    """The final checkpoint, evaluation, export and metrics.json; for a run that was
+    already complete, the recorded metrics, with nothing written."""
     config = run.config
+    if _finished_before(run):
+        logging.info("%s finished before (step %d): nothing to do; its metrics.json is "
+                     "unchanged", config.model_dir, step)
+        recorded = rundir.read_json(rundir.path(config.model_dir, rundir.METRICS))
+        return {**recorded, "resumed_from_step": run.start_step}
     latest = run.manager.latest_checkpoint
     if latest is None or not latest.endswith(f"-{step}"):
         save(run, step)
     seconds = run.train_seconds()
-    metrics = run_eval(run, step)
-    metrics["weights_digest"] = weights_digest(run.state.models)
+    metrics = run_eval(run, step, measure_noise=True)
+    metrics["weights_digest"] = checkpoints.weights_digest(run.state.models)
     metrics["resumed_from_step"] = run.start_step
-    # This process's share of the run (all of it unless resumed).
+    # The whole run's training time, over every resume.
     metrics["train_seconds"] = seconds
-    metrics["examples_per_sec"] = ((step - run.start_step) * 2 * config.batch_size
-                                   / max(seconds, 1e-9))
+    metrics["examples_per_sec"] = step * 2 * config.batch_size / max(seconds, 1e-9)
+    _renew_lease(run)
     if run.backend.is_chief:
         if config.export:
             with step_lib.evaluation_weights(run.state):
@@ -469,57 +379,3 @@ def finish(run: Run, step: int) -> dict:
         rundir.write_metrics(config.model_dir, metrics)
     run.summaries.flush()
     return metrics
-
-
-def derived_schedule(config: config_lib.Config, backend) -> dict:
-    """What the flags imply for this run on this many replicas (recorded in run.json)."""
-    return {"train_steps": config.train_steps,
-            "train_pairs": config.train_steps * config.batch_size,
-            "warmup_steps": config.warmup_steps,
-            "effective_ema_momentum": config.effective_ema_momentum,
-            "effective_learning_rate": config.effective_learning_rate,
-            "global_batch_per_domain": config.batch_size, "replicas": backend.num_replicas,
-            "per_replica_batch_per_domain": backend.per_replica_batch(config.batch_size)}
-
-
-def _describe_schedule(config: config_lib.Config) -> str:
-    length = (f"--train_pairs={config.train_pairs} / --batch_size={config.batch_size}"
-              if config.train_pairs else "--train_steps")
-    lr = f"learning rate {config.learning_rate:g}"
-    if config.lr_scaling != "none":
-        lr += (f" scaled {config.lr_scaling} (global batch {config.batch_size} / "
-               f"{config.lr_base_batch}) to {config.effective_learning_rate:g}")
-    warmup = f", linear warm-up over {config.warmup_steps} steps" if config.warmup_steps else ""
-    return f"{config.train_steps} steps ({length}); {lr}, {config.lr_schedule}{warmup}"
-
-
-def weights_digest(models) -> str:
-    """sha256 of every model weight: equal digests mean bit-identical models (ranks of
-    one run, or a resumed run against an uninterrupted one)."""
-    digest = hashlib.sha256()
-    for model in models.groups:
-        for variable in model.weights:
-            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _window_metrics(sums: np.ndarray, steps: int, batch_size: int) -> dict:
-    label_loss, domain_loss, label_correct, domain_correct = sums
-    return {
-        "label_loss": label_loss / (steps * batch_size),
-        "domain_loss": domain_loss / (steps * 2 * batch_size),
-        "source_accuracy": label_correct / (steps * batch_size),
-        "domain_accuracy": domain_correct / (steps * 2 * batch_size),
-    }
-
-
-def _fmt(metrics: dict) -> str:
-    return " ".join(f"{k.rstrip('_')}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in metrics.items() if k not in ("step", "weights_digest"))
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, sec = divmod(int(seconds), 60)
-    return f"{minutes}m{sec:02d}s"

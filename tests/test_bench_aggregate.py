@@ -1,4 +1,4 @@
-"""The bench under horovodrun (dann_dist.bench.aggregate): every rank reports its own
+"""The bench under horovodrun (dann_dist.bench.figures): every rank reports its own
 figures and rank 0 the aggregate over ranks. No timing assertions."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dann_dist.bench import aggregate
+from dann_dist.bench import figures as figures_lib
 
 from bench_helpers import HOROVODRUN, TINY, last_json, positive, run
 
@@ -49,7 +49,7 @@ def test_bench_under_horovodrun_reports_per_rank_and_aggregate():
 def test_combine_adds_throughputs_and_takes_the_slowest_rank():
     # Two ranks' figures as the bench gathers them; no Horovod needed to combine them.
     figures = {"train": {"paper": {}}, "eval": {"images": 100}, "baseline": {}}
-    keys = aggregate.rank_keys(figures)
+    keys = figures_lib.rank_keys(figures)
     rows = {("train", "paper", "steps_per_sec"): (10.0, 8.0),
             ("train", "paper", "examples_per_sec"): (320.0, 256.0),
             ("train", "paper", "gflops_per_sec"): (5.0, 4.0),
@@ -63,7 +63,7 @@ def test_combine_adds_throughputs_and_takes_the_slowest_rank():
             ("baseline", "examples_per_sec"): (32.0, 32.0),
             ("baseline", "eval_seconds"): (10.0, 20.0)}
     table = np.array([[rows[k][r] for k in keys] for r in (0, 1)])
-    combined = aggregate.combine(figures, keys, table, table.sum(axis=0))
+    combined = figures_lib.combine(figures, keys, table, table.sum(axis=0))
 
     assert combined["ranks"] == 2
     assert combined["train"]["paper"] == {"steps_per_sec": 8.0, "examples_per_sec": 576.0,

@@ -1,9 +1,10 @@
-"""FLOPs per train step counted from the layers (dann_dist.bench.flops)."""
+"""FLOPs per train step counted from the layers (dann_dist.bench.ours)."""
 
 from __future__ import annotations
 
-from dann_dist.bench.flops import analytic_flops
-from dann_dist.models import build_models
+from dann_dist.bench.ours import analytic_flops
+from dann_dist.config import Config
+from dann_dist.models import models_for
 
 
 def test_analytic_flops_count_the_layers():
@@ -14,7 +15,7 @@ def test_analytic_flops_count_the_layers():
     batch = 4
     expected = 2 * (2 * batch * (3 * (conv1 + conv2) - conv1)
                     + batch * 3 * classifier + 2 * batch * 3 * discriminator)
-    flops = analytic_flops(build_models("paper", "paper"), batch)
+    flops = analytic_flops(models_for(Config(model_dir="unused")), batch)
     assert flops["train_step"] == expected
     assert flops["forward"] == 2 * (2 * batch * (conv1 + conv2) + batch * classifier
                                     + 2 * batch * discriminator)

@@ -7,7 +7,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from dann_dist import checkpoints, evaluate, rundir, trainer
+from dann_dist import checkpoints, evaluate, lease, rundir, trainer
 from dann_dist import config as config_lib
 
 from synthetic import tiny_config
@@ -105,7 +105,7 @@ def test_a_resume_that_changes_what_is_trained_is_refused_and_leaves_the_run_int
         assert line in str(err.value)
     assert "unreadable" not in str(err.value)
     assert (tmp_path / rundir.RUN_RECORD).read_bytes() == run_json
-    assert not (tmp_path / rundir.LOCK).exists()
+    assert not (tmp_path / lease.LOCK).exists()
     again = evaluate.evaluate_run(str(tmp_path), domains=domains)
     assert again["step"] == 10 and again["training_complete"]
     assert config.batch_size == 16

@@ -10,7 +10,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from dann_dist import trainer
+from dann_dist import lease, trainer
 
 from distributed_helpers import ROOT, env, horovodrun, json_lines, run, synthetic, wait_for
 from synthetic import tiny_config
@@ -172,3 +172,86 @@ def test_bad_flags_exit_2_with_a_clear_message_before_heavy_work(tmp_path, args,
     assert message in proc.stderr
     assert time.time() - started < 30
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_evaluate_restores_the_checkpoints_on_disk_when_the_index_is_lost(tmp_path, domains):
+    from dann_dist import rundir
+
+    trainer.train_and_evaluate(tiny_config(tmp_path, train_steps=10, checkpoint_every=5,
+                                           export=False), domains=domains)
+    index = tmp_path / "checkpoint"
+    for damage in (index.unlink, lambda: index.write_text("garbled")):
+        damage()
+        # What dann_dist.evaluate restores (it used to say "no checkpoint: train first").
+        _, _, state, found = rundir.restore_run(str(tmp_path))
+        assert found == str(tmp_path / "ckpt-10") and int(state.step.numpy()) == 10
+    # Evaluating writes nothing into the run (it may be live): the index stays as it was.
+    assert index.read_text() == "garbled"
+
+
+class _RotatingTrainer:
+    """What a live trainer with --keep_checkpoints=2 does to ckpt-N files on disk while
+    evaluate reads them: `rotations` times, just as a checkpoint is opened, it writes the
+    next one and deletes the older ones."""
+
+    def __init__(self, directory, rotations):
+        self.directory, self.rotations, self.newest = directory, rotations, 20
+        for step in (10, 20):
+            (directory / f"ckpt-{step}.index").write_bytes(b"")
+
+    def restore(self, prefix):
+        if self.rotations:
+            self.rotations -= 1
+            self.newest += 10
+            (self.directory / f"ckpt-{self.newest}.index").write_bytes(b"")
+            for old in self.directory.glob("ckpt-*.index"):
+                if old.name != f"ckpt-{self.newest}.index":
+                    old.unlink()
+        if not os.path.exists(prefix + ".index"):
+            raise tf.errors.NotFoundError(None, None, f"{prefix}.index: no such file")
+
+
+_RESTORE_ERRORS = (tf.errors.OpError, ValueError)
+
+
+def test_evaluate_on_a_live_run_lists_the_checkpoints_again_when_they_rotate(tmp_path):
+    from dann_dist import rundir
+
+    live = _RotatingTrainer(tmp_path, rotations=2)
+    pauses = []
+    with lease.RunLock(str(tmp_path)):
+        found = rundir.restore_newest(live.restore, str(tmp_path), _RESTORE_ERRORS,
+                                      pause=pauses.append)
+    assert found == str(tmp_path / "ckpt-40")
+    assert pauses == [rundir.RESTORE_PAUSE_S]
+
+
+def test_evaluate_on_a_live_run_that_outpaces_it_says_the_run_is_live(tmp_path):
+    from dann_dist import checkpoints, rundir
+
+    live = _RotatingTrainer(tmp_path, rotations=100)
+    pauses = []
+    with lease.RunLock(str(tmp_path)):
+        with pytest.raises(checkpoints.CheckpointError) as err:
+            rundir.restore_newest(live.restore, str(tmp_path), _RESTORE_ERRORS,
+                                  pause=pauses.append)
+    message = str(err.value)
+    assert f"The run is live (pid {os.getpid()} on host" in message
+    assert "rerun dann_dist.evaluate" in message and "move the directory away" not in message
+    assert len(pauses) == rundir.RESTORE_ATTEMPTS - 1
+
+
+def test_evaluate_of_damaged_checkpoints_of_an_ended_run_fails_at_once(tmp_path):
+    from dann_dist import checkpoints, rundir
+
+    for step in (10, 20):
+        (tmp_path / f"ckpt-{step}.index").write_bytes(b"")
+
+    def unreadable(prefix):
+        raise tf.errors.DataLossError(None, None, f"{prefix}: checksum mismatch")
+
+    pauses = []
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"none of the checkpoints .* can be read: ckpt-20, ckpt-10"):
+        rundir.restore_newest(unreadable, str(tmp_path), _RESTORE_ERRORS, pause=pauses.append)
+    assert pauses == []

@@ -115,6 +115,32 @@ def test_time_to_accuracy_on_a_crafted_history():
     assert time_to_accuracy(lines, 0.95) is None
 
 
+def test_steps_to_target_agrees_with_time_to_accuracy_on_trained_runs(built):
+    report_dir, result, threshold = built
+    scaling = result["scaling"]
+    content = scaling["steps_to_target"]
+    # No --target_accuracy: the target is --time_to_accuracy, and the report says so.
+    assert content["target_accuracy"] == threshold and not content["fixed_before_study"]
+    rows = {(r["batch_size"], r["adaptation"]): r for r in content["rows"]}
+    assert list(rows) == [(r["batch_size"], r["adaptation"]) for r in scaling["rows"]]
+    for row in scaling["rows"]:
+        steps = rows[(row["batch_size"], row["adaptation"])]
+        by_seed = {s["seed"]: s for s in steps["per_seed"]}
+        assert sorted(by_seed) == [0, 1]  # every requested seed, finished or not
+        for reach in row["time_to_accuracy"]["per_seed"]:
+            entry = by_seed[reach["seed"]]
+            assert entry["status"] == "finished" and entry["step"] == reach["step"]
+            if reach["step"] is not None:
+                assert entry["examples"] == reach["step"] * row["batch_size"]
+        absent = [s for s in range(2) if s not in row["seeds"]]
+        assert [by_seed[s]["status"] for s in absent] == ["missing"] * len(absent)
+        assert steps["counted"] == len(row["seeds"])  # finished runs only; missing ones wait
+        assert (steps["eval_every"], steps["train_steps"]) == (2, 6)
+        assert steps["eval_resolution"] == pytest.approx(2 / 6) and not steps["resolved"]
+    assert (report_dir / "steps_to_target.png").read_bytes()[:4] == b"\x89PNG"
+    assert "No --target_accuracy was given" in (report_dir / "report.md").read_text()
+
+
 def test_files_per_batch_and_the_scaling_report(built):
     report_dir, result, _ = built
     saved = read(report_dir / "report.json")

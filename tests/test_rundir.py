@@ -1,4 +1,5 @@
-"""The run-directory contract: the per-directory lock and the resume check of flags."""
+"""The run-directory contract: the lock, the resume check of flags, and what evaluate says
+about a damaged run record or a missing checkpoint (the lease itself: test_lock_lease.py)."""
 
 import json
 import os
@@ -8,42 +9,21 @@ import sys
 
 import pytest
 
-from dann_dist import rundir
+from dann_dist import lease, rundir
 
+from distributed_helpers import ROOT, env
 from synthetic import tiny_config
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
-    with rundir.RunLock(str(tmp_path)):
-        holder = json.loads((tmp_path / rundir.LOCK).read_text())
+    with lease.RunLock(str(tmp_path)):
+        holder = json.loads((tmp_path / lease.LOCK).read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
-        with pytest.raises(rundir.RunLocked, match=rf"in use by pid {os.getpid()} on host "):
-            rundir.RunLock(str(tmp_path)).acquire()
-    assert not (tmp_path / rundir.LOCK).exists()
-    assert os.listdir(tmp_path) == []          # no temporary files left either
-
-
-def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
-    dead = _dead_pid()
-    (tmp_path / rundir.LOCK).write_text(json.dumps(
-        {"pid": dead, "host": socket.gethostname(), "started": "earlier"}))
-    with rundir.RunLock(str(tmp_path)):
-        assert json.loads((tmp_path / rundir.LOCK).read_text())["pid"] == os.getpid()
-    assert f"stale lock of pid {dead}" in caplog.text
-
-
-def test_a_lock_from_another_host_is_refused_with_instructions(tmp_path):
-    (tmp_path / rundir.LOCK).write_text(json.dumps(
-        {"pid": _dead_pid(), "host": "another-host.example", "started": "earlier"}))
-    with pytest.raises(rundir.RunLocked, match="another-host.example.*delete the lock file"):
-        rundir.RunLock(str(tmp_path)).acquire()
-    assert (tmp_path / rundir.LOCK).exists()
+        with pytest.raises(lease.RunLocked, match=rf"in use by pid {os.getpid()} on host "):
+            lease.RunLock(str(tmp_path)).acquire()
+    assert not (tmp_path / lease.LOCK).exists()
+    # No temporary files left either; the flock guard stays (it is never deleted).
+    assert os.listdir(tmp_path) == [lease.LOCK_GUARD]
 
 
 def test_a_model_dir_that_cannot_be_created_is_a_flag_error(tmp_path):
@@ -69,3 +49,71 @@ def test_config_changes_refuse_what_is_trained_and_allow_cadence(tmp_path):
                                "--strategy: 'single' -> 'mirrored'"]
     assert rundir.config_changes(str(tmp_path), recorded) == ([], [])
 
+
+
+def test_where_the_data_are_cached_and_what_evaluations_score_may_change_on_resume(tmp_path):
+    import numpy as np
+
+    recorded = tiny_config(tmp_path)
+    rundir.write_run_record(str(tmp_path), recorded, np.zeros(3), {})
+    changed = tiny_config(tmp_path, data_dir=str(tmp_path / "elsewhere"), max_test_examples=50,
+                          selection_images=32)
+    refused, allowed = rundir.config_changes(str(tmp_path), changed)
+    assert refused == []
+    assert [line.split(":")[0] for line in allowed] == [
+        "--data_dir", "--selection_images", "--max_test_examples"]
+
+
+def _recorded_run(tmp_path):
+    import numpy as np
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rundir.write_run_record(str(run_dir), tiny_config(run_dir), np.full(3, 0.5), {})
+    return run_dir
+
+
+@pytest.mark.parametrize("damage", [
+    lambda text: text[:len(text) // 2],            # cut short
+    lambda text: "[1, 2]",                         # not an object
+    lambda text: text.replace('"config"', '"confg"'),
+    lambda text: text.replace('"channel_mean"', '"channel_mean": "x", "other"'),
+])
+def test_a_damaged_run_record_is_an_error_naming_the_file(tmp_path, damage):
+    run_dir = _recorded_run(tmp_path)
+    record = run_dir / rundir.RUN_RECORD
+    config, mean = rundir.load_run(str(run_dir))
+    assert config.train_steps == 20 and mean.tolist() == [0.5] * 3
+    record.write_text(damage(record.read_text()))
+    with pytest.raises(rundir.RunRecordError, match=rf"{record} cannot be read .*put back a copy"):
+        rundir.load_run(str(run_dir))
+    record.write_bytes(b"\x00\xff" * 100)
+    with pytest.raises(rundir.RunRecordError, match="cannot be read"):
+        rundir.load_run(str(run_dir))
+
+
+def _evaluate(*args):
+    return subprocess.run([sys.executable, "-m", "dann_dist.evaluate", *args], cwd=ROOT,
+                          env=env(), capture_output=True, text=True, timeout=120)
+
+
+def test_evaluate_exits_1_on_a_damaged_run_record_with_a_message(tmp_path):
+    run_dir = _recorded_run(tmp_path)
+    (run_dir / rundir.RUN_RECORD).write_text('{"config": {"seed": 0}, "chann')
+    proc = _evaluate(f"--model_dir={run_dir}")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"error: {run_dir / rundir.RUN_RECORD} cannot be read" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_exits_2_on_a_checkpoint_that_does_not_exist_listing_those_there(tmp_path):
+    run_dir = _recorded_run(tmp_path)
+    for step in (10, 5):
+        (run_dir / f"ckpt-{step}.index").write_bytes(b"")
+    proc = _evaluate(f"--model_dir={run_dir}", f"--checkpoint={run_dir}/ckpt-7")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"--checkpoint={run_dir}/ckpt-7: no such checkpoint" in proc.stderr
+    assert "the checkpoints in" in proc.stderr and "ckpt-5, ckpt-10" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # A name relative to --model_dir is found there.
+    assert rundir.find_checkpoint(str(run_dir), "ckpt-5") == str(run_dir / "ckpt-5")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from dann_dist import inputs as inputs_lib
 from dann_dist import rundir, trainer
 from dann_dist.data.domain import Domain
 from dann_dist.data.pipeline import train_dataset
@@ -54,7 +55,7 @@ def test_eval_history_has_label_free_criteria(tmp_path, domains):
 def test_holdout_is_not_trained_on(tmp_path, domains):
     source, target = domains
     holdout = 32
-    inputs = trainer.prepare_inputs(tiny_config(tmp_path, source_holdout=holdout), source, target)
+    inputs = inputs_lib.prepare(tiny_config(tmp_path, source_holdout=holdout), source, target)
     n_train = len(source.x_train) - holdout
     np.testing.assert_array_equal(inputs.source_val[0], source.x_train[n_train:])
     # Three epochs of the labelled stream: every training image comes round, the holdout never.
@@ -69,15 +70,15 @@ def test_holdout_is_not_trained_on(tmp_path, domains):
 
 def test_holdout_split_keeps_the_last_images_apart():
     x, y = np.arange(10), np.arange(10) % 3
-    train_x, train_y, (val_x, val_y) = trainer._split_holdout(x, y, 3)
+    train_x, train_y, (val_x, val_y) = inputs_lib.split_holdout(x, y, 3)
     assert list(train_x) == list(range(7)) and list(val_x) == [7, 8, 9]
     assert list(val_y) == [1, 2, 0]
-    assert trainer._split_holdout(x, y, 0)[2] is None
+    assert inputs_lib.split_holdout(x, y, 0)[2] is None
 
 
 def test_target_only_streams_labelled_target_images(tmp_path, domains):
     source, target = domains
-    inputs = trainer.prepare_inputs(tiny_config(tmp_path, adaptation="target_only"), source, target)
+    inputs = inputs_lib.prepare(tiny_config(tmp_path, adaptation="target_only"), source, target)
     np.testing.assert_array_equal(inputs.train_x, target.x_train)
     np.testing.assert_array_equal(inputs.train_y, target.y_train)
     images, labels = _labelled_stream(inputs, steps=4)

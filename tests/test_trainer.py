@@ -175,8 +175,11 @@ def test_mixed_float16_trains_with_a_dynamic_loss_scale(tmp_path, domains):
 def test_loss_scale_halves_on_overflow_and_grows_after_a_finite_run():
     from dann_dist import step as step_lib
 
-    state = step_lib.TrainState(None, (), tf.Variable(0, dtype=tf.int64),
-                                tf.Variable(8.0), tf.Variable(0, dtype=tf.int64))
+    state = step_lib.TrainState({}, {}, tf.Variable(0, dtype=tf.int64),
+                                train_seconds=tf.Variable(0.0, dtype=tf.float64),
+                                config_fingerprint=tf.Variable(0, dtype=tf.int64),
+                                loss_scale=tf.Variable(8.0),
+                                good_steps=tf.Variable(0, dtype=tf.int64))
     step_lib.update_loss_scale(state, tf.constant(False))
     assert float(state.loss_scale) == 4.0 and int(state.good_steps) == 0
     state.good_steps.assign(step_lib.LOSS_SCALE_GROWTH_STEPS - 1)
@@ -252,7 +255,7 @@ def _poison_weights_after(monkeypatch, at_step):
         def poisoned(iterator, stop):
             out = train_step(iterator, stop)
             if int(state.step.numpy()) == at_step:
-                weight = state.models.discriminator.trainable_variables[0]
+                weight = state.models["discriminator"].trainable_variables[0]
                 weight.assign(np.full(weight.shape, np.nan, np.float32))
             return out
         return poisoned

@@ -1,16 +1,23 @@
 """The figures of the JSON line, computed from what the run measured: rates are medians
 over rounds, and each ratio is the median of the per-round ratios (both sides of a round
-saw the same load on the machine)."""
+saw the same load on the machine). Under Horovod, rank 0 also gets every rank's figures
+(allgather) and the summed throughputs (allreduce), and combines them into the job's:
+examples/s and GFLOP/s add up over ranks; steps/s is the job's (ranks step together, so
+the slowest rank's); evaluation runs on every rank (whole test sets), so its wall time is
+the slowest rank's."""
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
-from dann_dist.bench.device import COMPUTE_DTYPES
-from dann_dist.bench.flops import analytic_flops, origin_architecture
-from dann_dist.bench.ours import Ours
-from dann_dist.bench.timing import EvalTimings, TrainTimings, median
-from dann_dist.distribute import Backend
+import numpy as np
+import tensorflow as tf
+
+from dann_dist.bench.configs import recorded_fields
+from dann_dist.bench.machine import COMPUTE_DTYPES
+from dann_dist.bench.ours import Ours, baseline_flops
+from dann_dist.distribute import Backend, Horovod
 
 # The flags recorded under "settings" (the reference peaks are recorded under "peak").
 SETTINGS_FLAGS = (
@@ -20,16 +27,49 @@ SETTINGS_FLAGS = (
     "baseline_steps", "baseline_train_examples", "train_examples", "eval_examples",
     "eval_batch_size", "baseline_eval_loop_examples", "pipeline_batches", "measure_peak",
     "peak_matmul_size", "seed")
-# The parts of each configuration recorded with its figures.
-CONFIG_FIELDS = ("classifier_head", "discriminator_head", "adversarial_loss", "optimizer",
-                 "precision", "jit_compile", "input_norm", "extractor_bn", "extractor_width",
-                 "source_augment", "target_entropy_weight")
+# Per-rank quantities gathered under Horovod: (key path, how ranks combine).
+RANK_FIELDS = (
+    (("pipeline", "examples_per_sec"), "sum"),
+    (("pipeline", "headroom"), "min"),
+    (("eval", "seconds"), "max"),
+    (("memory", "peak_rss_mb"), "max"),
+    (("memory", "peak_rss_mb_with_baseline"), "max"),
+)
+# Per-configuration train figures gathered from every rank.
+TRAIN_FIELDS = ("steps_per_sec", "examples_per_sec", "gflops_per_sec", "cpu_cores_used")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+@dataclasses.dataclass
+class TrainTimings:
+    """What benchmark.alternate_rounds measured, per job and round: rate (the job's return
+    value) and cores busy. `rates` holds our configurations; the baseline, its tf.function
+    variant and the matmul have their own."""
+    rates: dict[str, list[float]]
+    cores: dict[str, list[float]]
+    baseline: list[float]
+    origin_tf_function: list[float]
+    matmul: list[float]
+
+
+@dataclasses.dataclass
+class EvalTimings:
+    """What benchmark.eval_rounds measured, per round: our seconds and CPU seconds; the
+    baseline's (forward seconds, loop seconds, samples looped over) and its CPU seconds
+    scaled to the whole test sets."""
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    cpu_seconds: list[float] = dataclasses.field(default_factory=list)
+    baseline: list[tuple[float, float, int]] = dataclasses.field(default_factory=list)
+    baseline_cpu_seconds: list[float] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
 class Measured:
     """Everything one process measured, in the order the run measured it."""
-    info: dict                      # machine facts (machine.describe, plus GPUs)
+    info: dict                      # machine facts (machine.describe)
     rank: int
     processes: int
     load_start: float | None
@@ -64,7 +104,7 @@ def _train(o: Ours, m: Measured, reference_peak: float | None) -> dict:
         "fraction_of_measured_peak": median(
             [o.flops["train_step"] * r / 1e9 / p for r, p in zip(rates, matmul)])
         if matmul else None,
-        "config": {k: getattr(o.config, k) for k in CONFIG_FIELDS},
+        "config": recorded_fields(o.config),
     }
 
 
@@ -108,8 +148,7 @@ def _baseline(settings, m: Measured) -> dict:
     rates, cores, batch = m.train.baseline, m.train.cores["baseline"], settings.batch_size
     test_size = settings.eval_examples
     steps_per_sec = median(rates)
-    origin_models = m.ours["origin"].models if "origin" in m.ours else origin_architecture()
-    flops = analytic_flops(origin_models, batch)
+    flops = baseline_flops(m.ours, batch)
     eval_seconds = median(_baseline_eval_seconds(m, test_size))
     return {
         "steps_per_sec": steps_per_sec,
@@ -205,4 +244,79 @@ def collect(settings, precision: str, backend: Backend, m: Measured) -> dict:
     }
     if settings.baseline:
         _add_baseline(figures, settings, m)
+    return figures
+
+
+# Under Horovod: every rank's figures, combined on rank 0.
+def rank_keys(figures: dict) -> list[tuple[str, ...]]:
+    """The key paths of the figures every rank contributes, in gathering order."""
+    keys = [("train", name, field) for name in figures["train"] for field in TRAIN_FIELDS]
+    keys += [k for k, _ in RANK_FIELDS]
+    if "baseline" in figures:
+        keys += [("baseline", "steps_per_sec"), ("baseline", "examples_per_sec"),
+                 ("baseline", "eval_seconds")]
+    return keys
+
+
+def _get(figures: dict, path: tuple[str, ...]) -> float:
+    value = figures
+    for part in path:
+        value = value[part]
+    return float(value)
+
+
+def _combined_train(figures: dict, keys: list, table: np.ndarray, summed: np.ndarray) -> dict:
+    train = {}
+    for name in figures["train"]:
+        col = {k[-1]: keys.index(k) for k in keys if k[:2] == ("train", name)}
+        train[name] = {
+            "steps_per_sec": float(table[:, col["steps_per_sec"]].min()),
+            "examples_per_sec": float(summed[col["examples_per_sec"]]),
+            "gflops_per_sec": float(summed[col["gflops_per_sec"]]),
+            "cpu_cores_used": float(summed[col["cpu_cores_used"]]),
+            "examples_per_cpu_second": float(summed[col["examples_per_sec"]]
+                                             / summed[col["cpu_cores_used"]]),
+        }
+    return train
+
+
+def _combined_ratios(figures: dict, aggregate: dict, keys: list, table: np.ndarray,
+                     summed: np.ndarray) -> dict:
+    """Ours over the baseline on every rank (empty without the baseline)."""
+    if "baseline" not in figures:
+        return {}
+    base_examples = float(summed[keys.index(("baseline", "examples_per_sec"))])
+    base_eval = float(table[:, keys.index(("baseline", "eval_seconds"))].max())
+    aggregate["baseline"] = {"examples_per_sec": base_examples, "eval_seconds": base_eval}
+    ratios = {f"train_{name}": aggregate["train"][name]["examples_per_sec"] / base_examples
+              for name in figures["train"]}
+    ratios["eval"] = base_eval / aggregate["eval"]["seconds"]
+    return ratios
+
+
+def combine(figures: dict, keys: list, table: np.ndarray, summed: np.ndarray) -> dict:
+    """The job's figures from every rank's row of `table` and their `summed` row."""
+    aggregate = {"ranks": table.shape[0], "train": _combined_train(figures, keys, table, summed)}
+    combiners = {"sum": lambda c: float(summed[c]), "min": lambda c: float(table[:, c].min()),
+                 "max": lambda c: float(table[:, c].max())}
+    for path, how in RANK_FIELDS:
+        aggregate.setdefault(path[0], {})[path[1]] = combiners[how](keys.index(path))
+    aggregate["eval"]["images_per_sec"] = figures["eval"]["images"] / aggregate["eval"]["seconds"]
+    aggregate["ratios"] = _combined_ratios(figures, aggregate, keys, table, summed)
+    return aggregate
+
+
+def aggregate_over_ranks(backend: Horovod, figures: dict) -> dict | None:
+    """Every rank calls this (collectives); rank 0 gets figures with "per_rank" and
+    "aggregate" added, the other ranks None."""
+    hvd = backend.hvd
+    keys = rank_keys(figures)
+    mine = tf.constant([[_get(figures, k) for k in keys]], tf.float64)
+    table = hvd.allgather(mine, name="bench_per_rank").numpy()
+    summed = hvd.allreduce(mine[0], op=hvd.Sum, name="bench_sum").numpy()
+    if not backend.is_chief:
+        return None
+    figures["per_rank"] = [dict(zip(("/".join(k) for k in keys), map(float, row)))
+                           for row in table]
+    figures["aggregate"] = combine(figures, keys, table, summed)
     return figures

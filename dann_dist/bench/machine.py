@@ -1,6 +1,7 @@
-"""Facts about the host from the OS: its CPUs, their model, the load, this process's peak
-memory, and pinning the process to one core. No TensorFlow here: the pinning has to
-happen before TensorFlow starts its thread pools."""
+"""The machine the bench runs on, as the OS and TensorFlow see it: the CPUs and their
+model, the load, this process's peak memory, TensorFlow's thread pools and logical CPUs,
+the GPUs and their memory, and one large matmul timed as this run's reference for achieved
+GFLOP/s. (Pinning the process to a core has to precede TensorFlow: cli.py does it.)"""
 
 from __future__ import annotations
 
@@ -8,10 +9,25 @@ import os
 import platform
 import resource
 import sys
+import time
+from typing import Callable
 
-# Where launchers put the process's rank on its host, in the order they are looked up.
-LOCAL_RANK_VARIABLES = ("HOROVOD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
-                        "PMI_RANK")
+import tensorflow as tf
+
+# The dtype each precision computes its convolutions and matmuls in.
+COMPUTE_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
+def configure(intra_op_threads: int, inter_op_threads: int, cpu_devices: int) -> None:
+    """Thread pools (0: TensorFlow's default) and logical CPU devices; before any op runs."""
+    if intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    if inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    if cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
 
 
 def cpu_model() -> str:
@@ -27,19 +43,29 @@ def cpu_model() -> str:
     return model
 
 
+def gpu_names() -> list[str]:
+    """Names of the visible GPUs (empty without one)."""
+    return [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+
+
 def describe() -> dict:
-    """CPUs on the host, those this process may use, their model, the Python version."""
+    """CPUs on the host, those this process may use, their model, the Python version, and
+    the visible GPUs' names if any."""
     cores = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return {"cpus": cores, "cpus_usable": usable, "cpu_model": cpu_model(),
+    info = {"cpus": cores, "cpus_usable": usable, "cpu_model": cpu_model(),
             "python": platform.python_version()}
+    gpus = gpu_names()
+    if gpus:
+        info["gpus"] = gpus
+    return info
 
 
-def peak_rss_mb() -> float:
-    """This process's maximum resident set size so far, in MiB."""
-    # Linux reports ru_maxrss in KiB (macOS in bytes).
-    scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+def threads_line() -> str:
+    """The thread pools TensorFlow uses, as the bench prints them."""
+    return (f"intra_op={tf.config.threading.get_intra_op_parallelism_threads() or 'default'} "
+            f"inter_op={tf.config.threading.get_inter_op_parallelism_threads() or 'default'}")
 
 
 def loadavg() -> float | None:
@@ -50,17 +76,30 @@ def loadavg() -> float | None:
         return None
 
 
-def local_rank() -> int:
-    """This process's rank on its host under a launcher (0 without one)."""
-    for var in LOCAL_RANK_VARIABLES:
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
+def peak_rss_mb() -> float:
+    """This process's maximum resident set size so far, in MiB."""
+    # Linux reports ru_maxrss in KiB (macOS in bytes).
+    scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def pin_to_local_rank() -> None:
-    """Pins this process to core <local rank> among those it may use (where the OS can)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cores[local_rank() % len(cores)]})
+def peak_gpu_mb() -> float | None:
+    """Peak MiB TensorFlow's allocator held on the first visible GPU (None without one)."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20
+
+
+def make_matmul_timer(dtype_name: str, size: int) -> Callable[[], float]:
+    """Returns fn() -> GFLOP/s of one size x size matmul in `dtype_name` (compiled and run
+    once here), this run's reference for achieved GFLOP/s."""
+    a = tf.cast(tf.random.normal([size, size]), dtype_name)
+    mm = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x)[0, :1], tf.float32)))
+    mm(a).numpy()
+
+    def timed() -> float:
+        start = time.perf_counter()
+        mm(a).numpy()
+        return 2 * size ** 3 / (time.perf_counter() - start) / 1e9
+
+    return timed

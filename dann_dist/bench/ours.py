@@ -1,21 +1,53 @@
 """Our side: each configuration built from the package's real code (models, state, the
-backend's input iterator, the train step, the evaluator) and warmed up."""
+backend's input iterator, the train step, the evaluator) and warmed up; the synthetic data
+it runs on; its FLOPs per step. The bench's one use of dann_dist.step, models, eval_lib and
+data.pipeline: when their interfaces change, this module follows."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from typing import Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from dann_dist import step as step_lib
-from dann_dist.bench.flops import analytic_flops
-from dann_dist.config import Config
-from dann_dist.data.pipeline import train_dataset
+from dann_dist.bench.configs import Config
+from dann_dist.data.pipeline import channel_mean, train_dataset
 from dann_dist.distribute import Backend
 from dann_dist.eval_lib import make_evaluator
+from dann_dist.methods import registry
 from dann_dist.models import models_for
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticData:
+    """Synthetic uint8 arrays of the real shapes (speed does not depend on the pixels)."""
+    source_x: np.ndarray
+    source_y: np.ndarray
+    target_x: np.ndarray
+    target_y: np.ndarray
+    test_sets: dict         # {"source": (images, labels), "target": (images, labels)}
+    mean: np.ndarray        # per-channel mean, as the package's pipeline uses it
+
+
+def synthetic_data(seed: int, n_train: int, n_test: int) -> SyntheticData:
+    rng = np.random.default_rng(seed)
+    source_x = rng.integers(0, 256, (n_train, 28, 28, 1), dtype=np.uint8)
+    source_y = rng.integers(0, 10, n_train)
+    target_x = rng.integers(0, 256, (n_train, 28, 28, 3), dtype=np.uint8)
+    target_y = rng.integers(0, 10, n_train)
+    test_sets = {
+        "source": (rng.integers(0, 256, (n_test, 28, 28, 1), dtype=np.uint8),
+                   rng.integers(0, 10, n_test)),
+        "target": (rng.integers(0, 256, (n_test, 28, 28, 3), dtype=np.uint8),
+                   rng.integers(0, 10, n_test)),
+    }
+    mean = channel_mean(source_x[:2000], target_x[:2000])
+    return SyntheticData(source_x, source_y, target_x, target_y, test_sets, mean)
 
 
 def _private_threads(dataset: tf.data.Dataset, threads: int) -> tf.data.Dataset:
@@ -45,10 +77,10 @@ def repeat_step(step: Callable, times: int) -> Callable:
     """The experiment behind --steps_per_call: the same step, `times` times per call."""
     @tf.function
     def several_steps(iterator, stop):
-        sums, lam, votes = step(iterator, stop)
+        outputs = step(iterator, stop)
         for _ in tf.range(times - 1):
-            sums, lam, votes = step(iterator, stop)
-        return sums, lam, votes
+            outputs = step(iterator, stop)
+        return outputs
 
     return several_steps
 
@@ -71,7 +103,7 @@ class Ours:
         step = step_lib.make_train_step(self.state, config, backend)
         self.train_step = step if steps_per_call == 1 else repeat_step(step, steps_per_call)
         self.stop = tf.constant(0.0)
-        self.evaluate = make_evaluator(self.models)
+        self.evaluate = make_evaluator(self.models, registry.get(config.adaptation))
         # Images one process handles per step: its replicas' share of both domains.
         self.process_batch = self.per_replica * backend.replicas_per_pipeline
         self.flops = analytic_flops(self.models, self.process_batch)
@@ -81,8 +113,8 @@ class Ours:
         calls = max(1, round(steps / self.steps_per_call))
         start = time.perf_counter()
         for _ in range(calls):
-            sums, _, _ = self.train_step(self.iterator, self.stop)
-        sums.numpy()
+            outputs = self.train_step(self.iterator, self.stop)
+        tf.nest.flatten(outputs)[0].numpy()  # waits for the last step (its metric sums)
         return calls * self.steps_per_call / (time.perf_counter() - start)
 
     def pipeline_rate(self, batches: int) -> float:
@@ -125,3 +157,43 @@ def build_ours(configs: dict[str, Config], backend: Backend, arrays: tuple, mean
             continue
         ours[name] = candidate
     return ours, failed
+
+
+def layer_macs(model: keras.Model) -> list[int]:
+    """Multiply-accumulates per example of each Conv2D / Dense layer, in order."""
+    macs = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            out = layer.output.shape
+            kernel = layer.kernel.shape
+            macs.append(math.prod(out[1:]) * math.prod(kernel[:-1]))
+        elif isinstance(layer, keras.layers.Dense):
+            macs.append(math.prod(layer.kernel.shape))
+    return macs
+
+
+def analytic_flops(models: dict, batch: int) -> dict:
+    """FLOPs of one train step on `batch` pairs, counted from the layers: 2 FLOPs per
+    multiply-accumulate of every Conv2D and Dense, for the forward pass, the weight
+    gradient and the input gradient (none for the extractor's first layer: images need
+    no gradient). The extractor and discriminator see 2*batch images, the classifier
+    batch. Not counted: bias, activations, pooling, BatchNorm, losses, optimizer updates
+    (together a few percent). Both the origin's step and ours do this arithmetic."""
+    forward = train = 0
+    for name, examples in (("extractor", 2 * batch), ("classifier", batch),
+                           ("discriminator", 2 * batch)):
+        macs = layer_macs(models[name])
+        forward += 2 * examples * sum(macs)
+        train += 2 * examples * (3 * sum(macs) - (macs[0] if name == "extractor" else 0))
+    return {"train_step": train, "forward": forward}
+
+
+def baseline_flops(ours: dict[str, Ours], batch: int) -> dict:
+    """FLOPs of the origin's step on `batch` pairs: its architecture is the `origin`
+    configuration's (BN heads), built here when --configs leaves that out."""
+    if "origin" in ours:
+        models = ours["origin"].models
+    else:
+        models = models_for(Config(model_dir="unused", classifier_head="bn",
+                                   discriminator_head="bn"))
+    return analytic_flops(models, batch)

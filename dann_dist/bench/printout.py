@@ -1,5 +1,6 @@
 """The human-readable lines the bench prints before its JSON line. Under Horovod every
-rank prints its own figures, prefixed with its rank; the rest only rank 0 prints."""
+rank prints its own figures, prefixed with its rank; the rest, the aggregate over ranks
+included, only rank 0 prints."""
 
 from __future__ import annotations
 
@@ -123,3 +124,20 @@ def say_figures(say: Say, figures: dict) -> None:
     _say_eval(say, figures)
     _say_machine(say, figures)
     _say_ratios(say, figures)
+
+
+def say_aggregate(say: Say, aggregate: dict) -> None:
+    """Rank 0's lines about the job as a whole (figures.aggregate_over_ranks)."""
+    size = aggregate["ranks"]
+    for name, t in aggregate["train"].items():
+        say(f"AGGREGATE over {size} ranks, train [{name}]: {fmt_rate(t['steps_per_sec'])} "
+            f"steps/s, {fmt_rate(t['examples_per_sec'])} images/s, "
+            f"{t['gflops_per_sec']:.0f} GFLOP/s; {t['cpu_cores_used']:.2f} cores busy, "
+            f"{fmt_rate(t['examples_per_cpu_second'])} images per CPU-second")
+    say(f"AGGREGATE evaluation: {aggregate['eval']['seconds']:.2f} s (slowest rank); input "
+        f"pipelines {fmt_rate(aggregate['pipeline']['examples_per_sec'])} images/s, "
+        f"least headroom {aggregate['pipeline']['headroom']:.1f}x; peak RSS per rank "
+        f"<= {aggregate['memory']['peak_rss_mb']:.0f} MB")
+    if aggregate["ratios"]:
+        say("AGGREGATE ratios vs the origin baseline on every rank: " + ", ".join(
+            f"{k} {v:.1f}x" for k, v in aggregate["ratios"].items()))

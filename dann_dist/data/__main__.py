@@ -1,8 +1,10 @@
-"""Prepares the DANN datasets: MNIST (labelled source) and MNIST-M (unlabelled target).
+"""Prepares the DANN datasets of a dataset pair: by default MNIST (labelled source) and
+MNIST-M (unlabelled target).
 
 Usage:
-  python -m dann_dist.data --data_dir=DIR [--mnist_path=...] [--mnistm_path=...]
-                           [--bsds_path=...] [--mnistm_seed=42] [--mnistm_version=1]
+  python -m dann_dist.data --data_dir=DIR [--pair=mnist_mnistm] [--mnist_path=...]
+                           [--mnistm_path=...] [--bsds_path=...] [--mnistm_seed=42]
+                           [--mnistm_version=1]
 
 Acquires both domains offline if need be, caches them in DIR as checked .npz
 files, prints sizes, class counts, per-channel pixel statistics and checksums,
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from dann_dist.data import flags as data_flags
+from dann_dist.data import options
 from dann_dist.data.errors import DataError
 
 FLAGS = flags.FLAGS
@@ -46,7 +48,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if any(arg in _HELP_ARGS for arg in argv[1:]):
         print(__doc__)
         print("flags:")
-        print(FLAGS.module_help(data_flags))
+        print(FLAGS.module_help(options))
         sys.exit(0)
     try:
         return FLAGS(argv)
@@ -62,17 +64,18 @@ def main(argv: list[str]) -> int:
         return 2
     # Imported after flag parsing so that --help and flag errors answer at once.
     from dann_dist.data import sample_grid, summary
+    from dann_dist.data.load import load_domains
 
     start = time.perf_counter()
     try:
-        mnist, mnistm = data_flags.load_from_flags(FLAGS)
+        source, target = load_domains(FLAGS)
         grid_path = Path(FLAGS.data_dir).expanduser() / GRID_NAME
-        sample_grid.write_grid(grid_path, [mnist, mnistm])
+        sample_grid.write_grid(grid_path, [source, target])
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(summary.describe(mnist))
-    print(summary.describe(mnistm))
+    print(summary.describe(source))
+    print(summary.describe(target))
     print(f"sample grid: {grid_path}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
@@ -82,7 +85,8 @@ def run() -> None:
     """Entry point of `python -m dann_dist.data` and the dann-data script."""
     # TensorFlow's C++ start-up chatter would bury the summary; users can override.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    data_flags.define_flags()
+    options.define_flags()
+    options.define_pair_flag()
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -45,6 +45,8 @@ KERAS_HOST = ("storage.googleapis.com", 443)
 # How earlier versions recorded a cached --mnist_path copy in the cache metadata.
 USER_SOURCE_PREFIX = "--mnist_path "
 NETWORK_CHECK_TIMEOUT_S = 3.0
+IMAGE_SHAPE = (mnist_files.IMAGE_SIZE, mnist_files.IMAGE_SIZE, 1)
+NUM_CLASSES = mnist_files.NUM_CLASSES
 
 
 def load_mnist(data_dir: str, mnist_path: str | None = None, allow_download: bool = True) -> Domain:
@@ -132,7 +134,7 @@ def _default_cache(cache: Path, tried: list[str]) -> Domain | None:
 
 
 def _make(arrays: dict[str, np.ndarray], description: str, source: str) -> Domain:
-    domain = make_domain("mnist", description, arrays, channels=1, source=source)
+    domain = make_domain("mnist", description, arrays, IMAGE_SHAPE, NUM_CLASSES, source=source)
     checksum = domain.sha256()
     if checksum == OFFICIAL_SHA256:
         verdict = "identical to the official MNIST"
@@ -150,7 +152,7 @@ def read_cache(path: Path) -> Domain:
 def _read_cache_and_meta(path: Path) -> tuple[Domain, dict]:
     arrays, meta = load_cache(path, SPLITS)
     domain = make_domain("mnist", str(meta.get("description", "MNIST (cache)")), arrays,
-                         channels=1, source=f"cache {path}")
+                         IMAGE_SHAPE, NUM_CLASSES, source=f"cache {path}")
     return domain, meta
 
 

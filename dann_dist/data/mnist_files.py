@@ -25,6 +25,11 @@ from dann_dist.data.errors import DataError
 from dann_dist.data.user_files import gunzip_if_gzipped, load_pickle, read_bytes
 
 _IDX_UBYTE = 0x08
+# MNIST's own format, and through it MNIST-M's (its digits are MNIST's): 28x28 digits of
+# 10 classes. The rest of the package reads these from the Domain or the pair.
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 
 # Official base names; users also meet "train-images.idx3-ubyte" (dot before
 # idx) from some mirrors, so both spellings are looked for, gzipped or not.
@@ -93,15 +98,16 @@ def read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
     for key, path in found.items():
         array = read_idx(path)
         if key.startswith("x_"):
-            if array.ndim != 3 or array.shape[1:] != (28, 28):
+            if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
                 raise DataError(f"{path}: images have shape {list(array.shape)}, "
-                                "expected [N, 28, 28]")
+                                f"expected [N, {IMAGE_SIZE}, {IMAGE_SIZE}]")
             array = array[..., None]
         elif array.ndim != 1:
             raise DataError(f"{path}: labels have shape {list(array.shape)}, expected [N]")
-        elif len(array) and array.max() > 9:
-            bad = int(np.argmax(array > 9))
-            raise DataError(f"{path}: label #{bad} is {int(array[bad])}, labels must be 0..9")
+        elif len(array) and array.max() >= NUM_CLASSES:
+            bad = int(np.argmax(array >= NUM_CLASSES))
+            raise DataError(f"{path}: label #{bad} is {int(array[bad])}, labels must be "
+                            f"0..{NUM_CLASSES - 1}")
         arrays[key] = array
     for split in ("train", "test"):
         x_path, y_path = found[f"x_{split}"], found[f"y_{split}"]
@@ -132,9 +138,9 @@ def read_mnist_npz(path: Path) -> dict[str, np.ndarray]:
 def floats_to_bytes(rows: np.ndarray, where: str) -> np.ndarray:
     """float rows equal to byte/256 -> uint8 [N, 28, 28, 1], exactly or not at all."""
     rows = np.asarray(rows)
-    if rows.ndim != 2 or rows.shape[1] != 784 or not np.issubdtype(rows.dtype, np.floating):
+    if rows.ndim != 2 or rows.shape[1] != _PIXELS or not np.issubdtype(rows.dtype, np.floating):
         raise DataError(f"{where}: images have shape {list(rows.shape)} and dtype {rows.dtype}, "
-                        "expected float rows of 784 pixels")
+                        f"expected float rows of {_PIXELS} pixels")
     # Multiplying by a power of two is exact in floating point, so byte/256
     # comes back as the integral byte value with no rounding involved.
     scaled = rows * rows.dtype.type(256)
@@ -142,7 +148,7 @@ def floats_to_bytes(rows: np.ndarray, where: str) -> np.ndarray:
             and np.array_equal(scaled, np.floor(scaled))):
         raise DataError(f"{where}: pixels are not byte/256 values in [0, 255/256] "
                         "(a byte/255 variant would fail here too)")
-    return scaled.astype(np.uint8).reshape(-1, 28, 28, 1)
+    return scaled.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
 
 
 def read_mnist_pickle(path: Path) -> dict[str, np.ndarray]:

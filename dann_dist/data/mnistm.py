@@ -15,7 +15,7 @@ byte-for-byte so earlier results stay reproducible), or 2, the same blend on 12
 photos at several scales with flips and a colour match to the published set's
 pixel statistics (mnistm_recipe_v2). Version 2 is not the default although its
 statistics match: the paper recipe scores higher on it than on version 1, i.e.
-further from its published-set result (data/flags.py, results/strong.md).
+further from its published-set result (data/options.py, results/strong.md).
 
 Each source has its own cache file in <data_dir>, so the default one only ever
 holds the default set and a user's files never stand in for it on a later run
@@ -44,8 +44,9 @@ from absl import logging
 from dann_dist.data import mnistm_recipe, mnistm_recipe_v2
 from dann_dist.data.domain import SPLITS, Domain, make_domain
 from dann_dist.data.errors import DataError
-from dann_dist.data.flags import DEFAULT_MNISTM_VERSION
-from dann_dist.data.mnistm_files import read_mnistm_path
+from dann_dist.data.mnist_files import NUM_CLASSES
+from dann_dist.data.mnistm_files import IMAGE_SIZE, read_mnistm_path
+from dann_dist.data.options import DEFAULT_MNISTM_SEED, DEFAULT_MNISTM_VERSION
 from dann_dist.data.photos import (
     WHEEL_PHOTOS,
     WHEEL_PHOTOS_V2,
@@ -58,6 +59,7 @@ from dann_dist.data.storage import ensure_dir, load_cache, save_cache, sha256_by
 CACHE_NAME = "mnistm.npz"
 NOT_PUBLISHED = "NOT the published MNIST-M"
 DEFAULT_VERSION = DEFAULT_MNISTM_VERSION
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +78,8 @@ GENERATORS = {
 
 
 def load_mnistm(data_dir: str, mnist: Domain, mnistm_path: str | None = None,
-                bsds_path: str | None = None, seed: int = 42, *, version: int = DEFAULT_VERSION,
-                photo_source: PhotoSource | None = None) -> Domain:
+                bsds_path: str | None = None, seed: int = DEFAULT_MNISTM_SEED, *,
+                version: int = DEFAULT_VERSION, photo_source: PhotoSource | None = None) -> Domain:
     """Returns MNIST-M as a Domain (x uint8 [N, 28, 28, 3], y int64), cached in data_dir.
 
     version picks the generator for generated sets (GENERATORS); it does not
@@ -146,7 +148,7 @@ def _path_hash(path: str) -> str:
 def read_cache(path: Path) -> tuple[Domain, dict]:
     arrays, meta = load_cache(path, SPLITS)
     domain = make_domain("mnistm", str(meta.get("description", "MNIST-M (cache)")), arrays,
-                         channels=3, source=f"cache {path}")
+                         IMAGE_SHAPE, NUM_CLASSES, source=f"cache {path}")
     return domain, meta
 
 
@@ -184,7 +186,8 @@ def _stat_fingerprint(path: Path) -> str:
 def _from_file(path: Path, mnist: Domain) -> tuple[Domain, dict]:
     arrays, file_format = read_mnistm_path(path, mnist.y_train, mnist.y_test)
     description = f"MNIST-M from {path} ({file_format})"
-    return make_domain("mnistm", description, arrays, channels=3, source=str(path)), {}
+    domain = make_domain("mnistm", description, arrays, IMAGE_SHAPE, NUM_CLASSES, source=str(path))
+    return domain, {}
 
 
 def _generate(source: PhotoSource, mnist: Domain, seed: int, version: int
@@ -208,7 +211,8 @@ def _generate(source: PhotoSource, mnist: Domain, seed: int, version: int
                        f"{source.description} (seed {seed}) - {NOT_PUBLISHED}")
     arrays = {"x_train": x_train, "y_train": mnist.y_train,
               "x_test": x_test, "y_test": mnist.y_test}
-    domain = make_domain("mnistm", description, arrays, channels=3, source=description)
+    domain = make_domain("mnistm", description, arrays, IMAGE_SHAPE, NUM_CLASSES,
+                         source=description)
     meta = {"photos": [{"name": p.name, "sha256": p.sha256, "shape": list(p.pixels.shape)}
                        for p in photos],
             "seed": int(seed), "recipe": generator.recipe.RECIPE, "numpy": np.__version__}

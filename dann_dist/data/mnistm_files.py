@@ -21,17 +21,24 @@ used as they are.
 
 from __future__ import annotations
 
+import re
+import struct
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from absl import logging
 
-from dann_dist.data.domain import IMAGE_SIZE
 from dann_dist.data.errors import DataError
 from dann_dist.data.image_codec import decode_image, resize_bilinear
+from dann_dist.data.mnist_files import IMAGE_SIZE, NUM_CLASSES
 from dann_dist.data.user_files import load_pickle, read_bytes
 
 PUBLISHED_SIZE = 32
+_PUBLISHED_HW = (PUBLISHED_SIZE, PUBLISHED_SIZE)
+_MNIST_HW = (IMAGE_SIZE, IMAGE_SIZE)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_LABEL = re.compile(r"-?[0-9]+")
 RESIZE_NOTE = "32x32 resized to 28x28 (bilinear)"
 
 
@@ -70,15 +77,19 @@ def _labels_file(folder: Path, split: str) -> list[tuple[str, int]]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a text file ({e})") from e
     entries, seen = [], set()
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): the line numbers must be the ones an editor or grep
+    # shows, and splitlines() also breaks at \x0c, \x1c-\x1e, \x85 and \u2028.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise DataError(f"{path}:{number}: expected '<name>.png <label>', got {line!r}")
+        # ASCII digits only: str.isdigit() accepts "²", on which int() then raises.
+        if len(parts) != 2 or not _LABEL.fullmatch(parts[1]):
+            raise DataError(f"{path}:{number}: expected '<name>.png <label>' with the label "
+                            f"in ASCII digits, got {line.rstrip(chr(13))!r}")
         name, label = parts[0], int(parts[1])
-        if not 0 <= label <= 9:
-            raise DataError(f"{path}:{number}: label {label} outside 0..9")
+        if not 0 <= label < NUM_CLASSES:
+            raise DataError(f"{path}:{number}: label {label} outside 0..{NUM_CLASSES - 1}")
         if name in seen:
             raise DataError(f"{path}:{number}: {name} is listed twice")
         seen.add(name)
@@ -98,36 +109,81 @@ def read_published_folder(folder: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{image_dir}: missing (published MNIST-M has mnist_m_train/ and "
                             "mnist_m_test/ next to the two label files)")
         entries = _labels_file(folder, split)
-        present = {p.name for p in image_dir.glob("*.png")}
-        listed = {name for name, _ in entries}
-        if present != listed:
-            unlisted, missing = sorted(present - listed), sorted(listed - present)
-            raise DataError(
-                f"{image_dir}: image/label count mismatch: {len(present)} PNG files, "
-                f"{len(entries)} labels in mnist_m_{split}_labels.txt"
-                + (f"; not labelled: {', '.join(unlisted[:3])}" if unlisted else "")
-                + (f"; labelled but missing: {', '.join(missing[:3])}" if missing else ""))
+        _check_listed(image_dir, split, entries)
         logging.info("MNIST-M: decoding %d PNG files in %s", len(entries), image_dir)
-        images = None
-        for index, (name, _) in enumerate(entries):
-            path = image_dir / name
-            image = decode_image(read_bytes(path), str(path))
-            if image.shape[-1] == 1:
-                image = np.repeat(image, 3, axis=-1)
-            if images is None:
-                if image.shape[:2] not in ((PUBLISHED_SIZE, PUBLISHED_SIZE),
-                                           (IMAGE_SIZE, IMAGE_SIZE)):
-                    raise DataError(f"{path}: image is {image.shape[0]}x{image.shape[1]}, "
-                                    "expected 32x32 (or 28x28)")
-                images = np.empty((len(entries), *image.shape[:2], 3), np.uint8)
-            if image.shape[:2] != images.shape[1:3] or image.shape[-1] not in (3, 4):
-                raise DataError(f"{path}: image is "
-                                f"{image.shape[0]}x{image.shape[1]}x{image.shape[2]}, "
-                                f"expected {images.shape[1]}x{images.shape[2]} RGB like the others")
-            images[index] = image[..., :3]
-        arrays[f"x_{split}"] = images
+        arrays[f"x_{split}"] = _decode_images(image_dir, [name for name, _ in entries])
         arrays[f"y_{split}"] = np.array([label for _, label in entries], np.int64)
     return arrays
+
+
+def _check_listed(image_dir: Path, split: str, entries: list[tuple[str, int]]) -> None:
+    present = {p.name for p in image_dir.glob("*.png")}
+    listed = {name for name, _ in entries}
+    if present != listed:
+        unlisted, missing = sorted(present - listed), sorted(listed - present)
+        raise DataError(
+            f"{image_dir}: image/label count mismatch: {len(present)} PNG files, "
+            f"{len(entries)} labels in mnist_m_{split}_labels.txt"
+            + (f"; not labelled: {', '.join(unlisted[:3])}" if unlisted else "")
+            + (f"; labelled but missing: {', '.join(missing[:3])}" if missing else ""))
+
+
+def _rgb(image: np.ndarray, path: Path) -> np.ndarray:
+    channels = image.shape[-1]
+    if channels == 1:
+        return np.repeat(image, 3, axis=-1)
+    if channels not in (3, 4):
+        raise DataError(f"{path}: image is {_size(image.shape)}x{channels}, expected RGB "
+                        "(3 channels; gray and RGBA are converted)")
+    return image[..., :3]
+
+
+def _size(shape) -> str:
+    return f"{shape[0]}x{shape[1]}"
+
+
+def _decode_images(image_dir: Path, names: list[str]) -> np.ndarray:
+    """uint8 [N, H, W, 3] of the listed PNGs, all of one size (32x32 or 28x28)."""
+    images = None
+    for index, name in enumerate(names):
+        path = image_dir / name
+        image = _rgb(decode_image(read_bytes(path), str(path)), path)
+        if images is None:
+            if image.shape[:2] not in (_PUBLISHED_HW, _MNIST_HW):
+                raise DataError(f"{path}: image is {_size(image.shape)}, expected "
+                                f"{_size(_PUBLISHED_HW)} (or {_size(_MNIST_HW)})")
+            images = np.empty((len(names), *image.shape), np.uint8)
+        if image.shape != images.shape[1:]:
+            # The first image set the size, but it may be the odd one out.
+            raise _odd_size_error(image_dir, names, fallback=path)
+        images[index] = image
+    return images
+
+
+def _odd_size_error(image_dir: Path, names: list[str], fallback: Path) -> DataError:
+    """Names the first image whose size differs from most images' (ties go to the
+    published size) and how many differ. On the error path only: every file is read again
+    (headers, not pixels)."""
+    sizes = {name: _image_size(image_dir / name) for name in names}
+    counts = Counter(sizes.values())
+    usual = max(counts, key=lambda size: (counts[size], size == _PUBLISHED_HW))
+    odd = [name for name in names if sizes[name] != usual]
+    path = image_dir / odd[0] if odd else fallback
+    shape = decode_image(read_bytes(path), str(path)).shape
+    shown = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
+    return DataError(
+        f"{path}: image is {_size(shape)}x{shape[2]}, expected {_size(usual)} RGB like "
+        f"{counts[usual]} of the {len(names)} images in {image_dir} ({len(odd)} differ: "
+        f"{shown}); all images of a split must have one size")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from a PNG's header, decoding only what is not a PNG."""
+    data = read_bytes(path)
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    return decode_image(data, str(path)).shape[:2]
 
 
 def read_mnistm_npz(path: Path) -> dict[str, np.ndarray]:

@@ -67,6 +67,21 @@ def colour_augment(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
     return tf.where(params[:, None, None, 6:7] < 0.5, 1.0 - x, x)
 
 
+def vat_directions(global_batch: int, shape: tuple, seed: int, stream: int,
+                   start_step: int = 0) -> tf.data.Dataset:
+    """Infinite dataset of float32 [global_batch, *shape] N(0, 1) draws, one per step: the
+    random directions of VAT's power iteration (dann_dist/vat.py), keyed by (seed, stream,
+    step) alone and split like the indices, so every backend and resume draws the same
+    direction for the same example of the same step."""
+    # A first seed word no shuffle (seed) or augmentation (seed) uses for seed >= 0.
+    key = -2 - 2 * seed - stream
+
+    def draw(step):
+        return tf.random.stateless_normal([global_batch, *shape],
+                                          seed=tf.stack([tf.constant(key, tf.int64), step]))
+    return tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(draw)
+
+
 def index_batches(num_examples: int, global_batch: int, seed: int, stream: int,
                   start_step: int = 0) -> tf.data.Dataset:
     """Infinite dataset of int32 [global_batch] index vectors, one per step, from step
@@ -109,9 +124,11 @@ def replica_indices(indices: tf.data.Dataset, per_replica_batch: int, replicas_p
 def train_dataset(source_images: np.ndarray, source_labels: np.ndarray, target_images: np.ndarray,
                   *, mean, per_replica_batch: int, seed: int, replicas_per_pipeline: int = 1,
                   pipeline_index: int = 0, num_pipelines: int = 1,
-                  start_step: int = 0, source_augment: str = "none") -> tf.data.Dataset:
+                  start_step: int = 0, source_augment: str = "none",
+                  vat_shape: tuple | None = None) -> tf.data.Dataset:
     """Infinite paired batches {source_images, source_labels, target_images} for one
-    input pipeline (a Horovod rank, or a tf.distribute worker serving R replicas)."""
+    input pipeline (a Horovod rank, or a tf.distribute worker serving R replicas); with
+    `vat_shape` (the model's input shape) also {source,target}_vat_direction."""
     if not 0 <= pipeline_index < num_pipelines:
         raise ValueError(f"pipeline_index {pipeline_index} not in [0, {num_pipelines})")
     global_batch = per_replica_batch * replicas_per_pipeline * num_pipelines
@@ -119,27 +136,34 @@ def train_dataset(source_images: np.ndarray, source_labels: np.ndarray, target_i
     augment = source_augment == "colour"
 
     def stream(num_examples, which):
-        indices = index_batches(num_examples, global_batch, seed, which, start_step)
+        parts = [index_batches(num_examples, global_batch, seed, which, start_step)]
         if augment and which == SOURCE_STREAM:
-            indices = tf.data.Dataset.zip((indices,
-                                           augment_params(global_batch, seed, start_step)))
-        return replica_indices(indices, per_replica_batch, replicas_per_pipeline, pipeline_index)
+            parts.append(augment_params(global_batch, seed, start_step))
+        if vat_shape:
+            parts.append(vat_directions(global_batch, tuple(vat_shape), seed, which, start_step))
+        zipped = parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts))
+        return replica_indices(zipped, per_replica_batch, replicas_per_pipeline, pipeline_index)
 
     source_x = tf.constant(source_images)
     source_y = tf.constant(source_labels.astype(np.int32))
     target_x = tf.constant(target_images)
     mean = tf.constant(mean, tf.float32)
 
-    def gather(source, target_idx):
-        source_idx, params = source if augment else (source, None)
+    def gather(source, target):
+        source = source if isinstance(source, tuple) else (source,)
+        target = target if isinstance(target, tuple) else (target,)
+        source_idx = source[0]
         images = tf.gather(source_x, source_idx)
-        source_in = (colour_augment(images, params) - mean if augment
+        source_in = (colour_augment(images, source[1]) - mean if augment
                      else to_model_input(images, mean))
-        return {
+        batch = {
             "source_images": source_in,
             "source_labels": tf.gather(source_y, source_idx),
-            "target_images": to_model_input(tf.gather(target_x, target_idx), mean),
+            "target_images": to_model_input(tf.gather(target_x, target[0]), mean),
         }
+        if vat_shape:
+            batch.update(source_vat_direction=source[-1], target_vat_direction=target[-1])
+        return batch
 
     paired = tf.data.Dataset.zip((stream(len(source_images), SOURCE_STREAM),
                                   stream(len(target_images), TARGET_STREAM)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dann_dist.data.domain import NUM_CLASSES, Domain
+from dann_dist.data.domain import Domain
 
 
 def channel_mean_std(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -24,8 +24,8 @@ def channel_mean_std(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(means), np.array(stds)
 
 
-def _counts(labels: np.ndarray) -> str:
-    return " ".join(f"{c}:{n}" for c, n in enumerate(np.bincount(labels, minlength=NUM_CLASSES)))
+def _counts(labels: np.ndarray, num_classes: int) -> str:
+    return " ".join(f"{c}:{n}" for c, n in enumerate(np.bincount(labels, minlength=num_classes)))
 
 
 def describe(domain: Domain) -> str:
@@ -35,8 +35,8 @@ def describe(domain: Domain) -> str:
         f"{domain.name}: {domain.description}",
         f"  train {len(domain.y_train)}, test {len(domain.y_test)} images of "
         f"{height}x{width}x{channels} uint8",
-        f"  train class counts: {_counts(domain.y_train)}",
-        f"  test class counts:  {_counts(domain.y_test)}",
+        f"  train class counts: {_counts(domain.y_train, domain.num_classes)}",
+        f"  test class counts:  {_counts(domain.y_test, domain.num_classes)}",
         "  train pixel mean per channel (0-255): " + " ".join(f"{m:.2f}" for m in mean),
         "  train pixel std per channel (0-255):  " + " ".join(f"{s:.2f}" for s in std),
         f"  sha256 of the arrays: {domain.sha256()}",

@@ -29,11 +29,19 @@ Every file is written to a temporary name and renamed into place.
 With --batch_sizes, each global batch B is such a report in `<report_dir>/b<B>/`, its
 missing runs trained with `--flagfile=configs/scaling/b<B>.cfg` (--scaling_flagfile), and
 `<report_dir>/report.md` / report.json (key "scaling") hold the scaling table (see
-dann_dist.report.scaling).
+dann_dist.report.scaling) and the study's measure, steps to a target accuracy fixed
+before the study (--target_accuracy), per B and seed, with the runs' gradient noise scale
+and a log-log plot against the perfect-scaling line (steps_to_target.png; --plot_path
+copies it, e.g. into results/; dann_dist.report.steps_to_target).
+
+--jobs=N trains N runs at a time, each in a slot of its own (--placement=auto|cpu|gpu|none):
+one GPU per run (CUDA_VISIBLE_DEVICES; --devices names them), or a disjoint set of CPU
+cores per run with its thread counts set to match, so that N runs on N devices take 1/N
+of the time instead of oversubscribing one.
 
 Modules: options (flags' dataclass, checks), runs (finding, training, reading runs),
 tables, selection, features (proxy_a_distance, feature_plots), curves, markdown, build
-(make_report), scaling, cli.
+(make_report), scaling, steps_to_target, recipes, cli.
 
 Exit status: 0 done; 1 a training run or the data failed; 2 bad flags or a directory
 that holds someone else's run; 128+N a training run was stopped by signal N (rerun to

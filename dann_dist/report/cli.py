@@ -14,6 +14,7 @@ from dann_dist.report.markdown import markdown
 from dann_dist.report.options import (
     FILES,
     ORDER,
+    PLACEMENTS,
     SCALING_FLAGFILE,
     TIME_TO_ACCURACY,
     ReportError,
@@ -44,9 +45,9 @@ def define_flags() -> None:
                         "--model_dir, --adaptation and --seed.")
     flags.DEFINE_bool("collect_only", False, "Never train: report the finished runs found, "
                       "list the missing ones.")
-    flags.DEFINE_integer("jobs", 1, "Training runs at a time (with more than one, the trainers "
-                         "get TF_FORCE_GPU_ALLOW_GROWTH=true so that they can share a GPU).",
-                         lower_bound=1)
+    flags.DEFINE_integer("jobs", 1, "Training runs at a time, each in a slot of its own "
+                         "(see --placement).", lower_bound=1)
+    _define_placement_flags()
     flags.DEFINE_integer("pad_examples", 2000,
                          "Held-out test images per domain whose features give the proxy "
                          "A-distance and the feature plots (0: skip both, and the data).",
@@ -65,6 +66,21 @@ def define_flags() -> None:
                       "and the cost. Empty: the ordinary report.")
 
 
+def _define_placement_flags() -> None:
+    flags.DEFINE_enum("placement", "auto", list(PLACEMENTS),
+                      "Where the --jobs concurrent runs go. gpu: one run per GPU "
+                      "(CUDA_VISIBLE_DEVICES; --devices, else CUDA_VISIBLE_DEVICES, else "
+                      "nvidia-smi -L), the cores shared out too; cpu: each run pinned to its "
+                      "own share of the cores this command may use, with TF_NUM_INTRAOP_THREADS,"
+                      " TF_NUM_INTEROP_THREADS and OMP_NUM_THREADS set to that share; none: "
+                      "runs share everything (with more than one, TF_FORCE_GPU_ALLOW_GROWTH="
+                      "true); auto: gpu if a GPU is found, else cpu, none with --jobs=1. With "
+                      "fewer GPUs or cores than --jobs, fewer runs go at a time.")
+    flags.DEFINE_list("devices", [], "GPUs for --placement=gpu/auto, as CUDA_VISIBLE_DEVICES "
+                      "entries (indices or UUIDs), e.g. 0,1,2,3. Empty: found as --placement "
+                      "says.")
+
+
 def _define_scaling_flags() -> None:
     flags.DEFINE_list("batch_sizes", [],
                       "Global batch sizes B of the scaling table, e.g. 64,256,1024: each B is an "
@@ -76,6 +92,14 @@ def _define_scaling_flags() -> None:
     flags.DEFINE_float("time_to_accuracy", TIME_TO_ACCURACY,
                        "The scaling table reports when target test accuracy first reaches this "
                        "(uses target labels; reported, never used to choose).")
+    flags.DEFINE_float("target_accuracy", None,
+                       "Steps to target, the scaling study's measure: the target test accuracy "
+                       "fixed before the study (e.g. the B = 64 recipe's 3-seed mean minus 2 "
+                       "points); the report writes it down. Default: --time_to_accuracy.")
+    flags.DEFINE_string("plot_path", "",
+                        "Also write the scaling report's steps-to-target plot (log-log, "
+                        "with the perfect-scaling line) here, e.g. results/steps_to_target.png; "
+                        "it is always written to <report_dir>/steps_to_target.png.")
 
 
 def _batch_sizes(values: list[str]) -> tuple[int, ...]:
@@ -93,7 +117,9 @@ def options_from_flags(train_flags: list[str]) -> ReportOptions:
         train_flags=tuple(train_flags), collect_only=FLAGS.collect_only, jobs=FLAGS.jobs,
         pad_examples=FLAGS.pad_examples, entropy_guard=FLAGS.entropy_guard,
         batch_sizes=_batch_sizes(FLAGS.batch_sizes), scaling_flagfile=FLAGS.scaling_flagfile,
-        time_to_accuracy=FLAGS.time_to_accuracy, recipes=_recipes(FLAGS.recipes))
+        time_to_accuracy=FLAGS.time_to_accuracy, target_accuracy=FLAGS.target_accuracy,
+        plot_path=FLAGS.plot_path, recipes=_recipes(FLAGS.recipes),
+        placement=FLAGS.placement, devices=tuple(FLAGS.devices))
 
 
 def _recipes(values: list[str]) -> tuple[tuple[str, str], ...]:
@@ -108,6 +134,9 @@ def _report(options: ReportOptions) -> str:
     if options.batch_sizes and options.recipes:
         raise ReportError("--batch_sizes and --recipes each make a table of their own: give one.",
                           cli.EXIT_USAGE)
+    if (options.target_accuracy is not None or options.plot_path) and not options.batch_sizes:
+        raise ReportError("--target_accuracy and --plot_path belong to the scaling table: give "
+                          "--batch_sizes too.", cli.EXIT_USAGE)
     if options.recipes:
         report = make_recipes_report(options)
         return recipes_markdown(report["recipes"], report["generated"])
@@ -140,7 +169,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if any(a.startswith(("--flagfile", "-flagfile")) for a in argv[1:]):
         print("note: --flagfile holds flags of this command; the trainer's flagfile is "
               "--train_flagfile", file=sys.stderr)
-    return cli.parse_flags_or_exit(argv)
+    # The usage text is the package docstring: report/__main__.py only points to it.
+    return cli.parse_flags_or_exit(argv, doc=sys.modules["dann_dist.report"].__doc__)
 
 
 def run() -> None:

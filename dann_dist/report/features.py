@@ -26,13 +26,13 @@ def extract_features(model_dir: str, image_sets: dict, batch_size: int = 500) ->
 
     try:
         _, mean, state, _ = rundir.restore_run(model_dir)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, rundir.RunRecordError) as err:
         raise ReportError(str(err)) from err
     features = {}
     with step_lib.evaluation_weights(state):
         for name, images in image_sets.items():
-            chunks = [state.models.extractor(to_model_input(images[i:i + batch_size], mean),
-                                             training=False)
+            chunks = [state.models["extractor"](
+                          to_model_input(images[i:i + batch_size], mean), training=False)
                       for i in range(0, len(images), batch_size)]
             features[name] = np.concatenate([np.asarray(c, np.float32) for c in chunks])
     return features, int(state.step.numpy())

@@ -19,6 +19,9 @@ FILES = {"markdown": "report.md", "json": "report.json", "curves": "curves.png",
 TRAIN_LOG = "train.log"
 SCALING_FLAGFILE = "configs/scaling/b{batch_size}.cfg"
 TIME_TO_ACCURACY = 0.80
+# Where concurrent training runs (--jobs) go: "auto" is "gpu" when GPUs are visible, else
+# "cpu", and "none" with --jobs=1; "none" leaves them to share the machine as they start.
+PLACEMENTS = ("auto", "none", "cpu", "gpu")
 
 
 class ReportError(Exception):
@@ -46,7 +49,13 @@ class ReportOptions:
     batch_sizes: tuple[int, ...] = ()  # () -> the ordinary report, else the scaling table
     scaling_flagfile: str = SCALING_FLAGFILE
     time_to_accuracy: float = TIME_TO_ACCURACY
+    # Steps to target: the accuracy fixed before the study (None: time_to_accuracy), and a
+    # further path of its plot (e.g. results/steps_to_target.png; "" for none).
+    target_accuracy: float | None = None
+    plot_path: str = ""
     recipes: tuple[tuple[str, str], ...] = ()  # (name, trainer flagfile): the recipe table
+    placement: str = "auto"  # one of PLACEMENTS
+    devices: tuple[str, ...] = ()  # GPUs for placement "gpu" (CUDA_VISIBLE_DEVICES entries)
 
 
 def _check_train_flags(options: ReportOptions) -> None:
@@ -66,6 +75,20 @@ def _check_report_dir(report_dir: str) -> None:
                           "directory.", cli.EXIT_USAGE)
 
 
+def _check_placement(options: ReportOptions) -> None:
+    if options.placement not in PLACEMENTS:
+        raise ReportError(f"--placement={options.placement}: choose among "
+                          f"{', '.join(PLACEMENTS)}.", cli.EXIT_USAGE)
+    devices = ",".join(options.devices)
+    if any(not d or "," in d or d != d.strip() for d in options.devices) or (
+            len(set(options.devices)) != len(options.devices)):
+        raise ReportError(f"--devices={devices}: give distinct GPU indices or UUIDs, e.g. 0,1.",
+                          cli.EXIT_USAGE)
+    if options.devices and options.placement in ("none", "cpu"):
+        raise ReportError(f"--devices={devices} places runs on GPUs: it needs --placement=gpu "
+                          f"or auto, not {options.placement}.", cli.EXIT_USAGE)
+
+
 def check_options(options: ReportOptions) -> None:
     bad = [a for a in options.adaptations if a not in ORDER]
     if bad or not options.adaptations:
@@ -73,6 +96,7 @@ def check_options(options: ReportOptions) -> None:
                           f"{', '.join(ORDER)}.", cli.EXIT_USAGE)
     if options.seeds < 1 or options.jobs < 1 or options.pad_examples < 0:
         raise ReportError("--seeds and --jobs must be >= 1, --pad_examples >= 0.", cli.EXIT_USAGE)
+    _check_placement(options)
     _check_train_flags(options)
     if (options.train_flagfile and not options.collect_only
             and not os.path.isfile(options.train_flagfile)):

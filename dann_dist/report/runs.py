@@ -1,11 +1,14 @@
 """The runs behind a report: where they live, whether they are finished, training the
-missing ones through the trainer's command line, and reading a finished one."""
+missing ones through the trainer's command line (--jobs at a time, each in a slot of its
+own: a GPU, or a set of CPU cores with matching thread counts), and reading a finished one."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime
 import os
+import queue
 import re
 import shlex
 import subprocess
@@ -18,6 +21,8 @@ from dann_dist import cli, rundir
 from dann_dist.config import Config, steps_for_budget
 from dann_dist.report import selection
 from dann_dist.report.options import TRAIN_LOG, ReportError, ReportOptions
+
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
 def run_dir(report_dir: str, adaptation: str, seed: int) -> str:
@@ -83,23 +88,152 @@ def trainer_argv(options: ReportOptions, adaptation: str, seed: int) -> list[str
             f"--adaptation={adaptation}", f"--seed={seed}"]
 
 
-def _train_one(options: ReportOptions, adaptation: str, seed: int) -> tuple[int, float, str]:
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """Where one training run goes; a slot holds one run at a time."""
+
+    index: int
+    cores: tuple[int, ...] = ()  # its CPU affinity and thread counts; () leaves both alone
+    gpu: str | None = None  # its CUDA_VISIBLE_DEVICES; None leaves the GPUs shared
+
+    def describe(self) -> str:
+        parts = [f"slot {self.index}"]
+        if self.gpu is not None:
+            parts.append(f"CUDA_VISIBLE_DEVICES={self.gpu}")
+        if self.cores:
+            parts.append(f"cores {','.join(map(str, self.cores))}")
+        return ", ".join(parts)
+
+
+def split_cores(cores, parts: int) -> list[tuple[int, ...]]:
+    """min(parts, len(cores)) disjoint runs of neighbouring cores, sizes differing by at
+    most one (neighbouring core numbers are usually on the same socket)."""
+    cores = sorted(set(cores))
+    parts = min(parts, len(cores))
+    size, extra = divmod(len(cores), parts) if parts else (0, 0)
+    shares, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        shares.append(tuple(cores[start:end]))
+        start = end
+    return shares
+
+
+def resolve_placement(placement: str, jobs: int, gpus) -> str:
+    if placement != "auto":
+        return placement
+    if jobs == 1:
+        return "none"  # one run has the machine to itself: its environment stays as given
+    return "gpu" if gpus else "cpu"
+
+
+def plan_slots(jobs: int, placement: str, cores, gpus) -> list[Slot]:
+    """The slots of --jobs concurrent runs: --placement=none gives `jobs` unplaced slots;
+    gpu one slot per GPU (at most `jobs`), each with an even share of the cores when there
+    are enough; cpu one slot per share of the cores, at most one per core. Fewer slots than
+    jobs means fewer runs at a time."""
+    placement = resolve_placement(placement, jobs, gpus)
+    if placement == "none":
+        return [Slot(i) for i in range(jobs)]
+    if placement == "gpu":
+        if not gpus:
+            raise ReportError("--placement=gpu: no GPU found (nvidia-smi -L, "
+                              "CUDA_VISIBLE_DEVICES); name them with --devices.", cli.EXIT_USAGE)
+        count = min(jobs, len(gpus))
+        shares = split_cores(cores, count) if len(set(cores)) >= count else [()] * count
+        return [Slot(i, cores=shares[i], gpu=str(gpus[i])) for i in range(count)]
+    if placement == "cpu":
+        if not cores:
+            raise ReportError("--placement=cpu: no CPU core to place runs on.", cli.EXIT_USAGE)
+        return [Slot(i, cores=share) for i, share in enumerate(split_cores(cores, jobs))]
+    raise ReportError(f"--placement={placement}: unknown.", cli.EXIT_USAGE)
+
+
+def slot_env(slot: Slot, base, jobs: int) -> dict:
+    """The trainer's environment in `slot`: its GPU, and as many TensorFlow and OpenMP
+    threads as it has cores (more threads than cores is the oversubscription that slows
+    concurrent CPU runs several-fold)."""
+    env = dict(base)
+    if slot.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+    elif jobs > 1:
+        # Several trainers on one GPU: each must not reserve all its memory up front.
+        env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    if slot.cores:
+        env.update(dict.fromkeys(THREAD_VARIABLES, str(len(slot.cores))))
+    return env
+
+
+def available_cores() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def parse_nvidia_smi(listing: str) -> list[str]:
+    """GPU indices from `nvidia-smi -L` ("GPU 0: NVIDIA H100 ... (UUID: GPU-...)")."""
+    return [m.group(1) for m in re.finditer(r"^GPU (\d+):", listing, re.MULTILINE)]
+
+
+def visible_gpus(devices=(), environ=None) -> list[str]:
+    """--devices if given, else CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    if devices:
+        return list(devices)
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        listed = [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",")]
+        return [d for d in listed if d and d != "-1"]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return parse_nvidia_smi(listing)
+
+
+def placement_slots(options: ReportOptions) -> list[Slot]:
+    needs_gpus = options.placement == "gpu" or (options.placement == "auto" and options.jobs > 1)
+    gpus = visible_gpus(options.devices) if needs_gpus else []
+    slots = plan_slots(options.jobs, options.placement, available_cores(), gpus)
+    if len(slots) < options.jobs:
+        logging.warning("--jobs=%d but only %d slot(s) for --placement=%s: %d run(s) at a time",
+                        options.jobs, len(slots), options.placement, len(slots))
+    if any(s.cores for s in slots) and not hasattr(os, "sched_setaffinity"):
+        logging.warning("this OS cannot pin processes to cores: only the thread counts are set")
+    return slots
+
+
+def start_in_slot(argv: list[str], slot: Slot, **popen_kwargs) -> subprocess.Popen:
+    """Popen with the child pinned to the slot's cores. Linux keeps an affinity mask per
+    thread and a child inherits the mask of the thread that forks it: this thread takes the
+    slot's cores for the fork and its own back after, leaving the report's other threads
+    and their children alone (preexec_fn, the alternative, can deadlock in a threaded
+    parent)."""
+    if not slot.cores or not hasattr(os, "sched_setaffinity"):
+        return subprocess.Popen(argv, **popen_kwargs)
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, slot.cores)
+    try:
+        return subprocess.Popen(argv, **popen_kwargs)
+    finally:
+        os.sched_setaffinity(0, own)
+
+
+def _train_one(options: ReportOptions, adaptation: str, seed: int,
+               slot: Slot) -> tuple[int, float, str]:
     model_dir = run_dir(options.report_dir, adaptation, seed)
     os.makedirs(model_dir, exist_ok=True)
     log_path = os.path.join(model_dir, TRAIN_LOG)
     argv = trainer_argv(options, adaptation, seed)
     start = time.perf_counter()
     with open(log_path, "a") as log:
-        log.write(f"\n# dann_dist.report {datetime.datetime.now().isoformat(timespec='seconds')}: "
-                  f"{shlex.join(argv)}\n")
+        log.write(f"\n# dann_dist.report {datetime.datetime.now().isoformat(timespec='seconds')}"
+                  f" ({slot.describe()}): {shlex.join(argv)}\n")
         log.flush()
-        env = dict(os.environ)
-        if options.jobs > 1:
-            # Several trainers on one GPU: each must not reserve all its memory up front.
-            env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         try:
-            returncode = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env).returncode
+            returncode = start_in_slot(argv, slot, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL,
+                                       env=slot_env(slot, os.environ, options.jobs)).wait()
         except OSError as err:  # e.g. a --train_command that does not exist
             log.write(f"cannot start the trainer: {err}\n")
             returncode = 127
@@ -114,12 +248,12 @@ def log_tail(path: str, lines: int = 15) -> str:
         return ""
 
 
-def _train_logged(options: ReportOptions, key: tuple[str, int]) -> tuple | None:
+def _train_logged(options: ReportOptions, key: tuple[str, int], slot: Slot) -> tuple | None:
     """Trains one run; returns (key, exit status, log path) if it failed."""
     adaptation, seed = key
-    logging.info("training %s seed %d in %s (log: %s)", adaptation, seed,
-                 run_dir(options.report_dir, adaptation, seed), TRAIN_LOG)
-    returncode, seconds, log_path = _train_one(options, adaptation, seed)
+    logging.info("training %s seed %d in %s (log: %s; %s)", adaptation, seed,
+                 run_dir(options.report_dir, adaptation, seed), TRAIN_LOG, slot.describe())
+    returncode, seconds, log_path = _train_one(options, adaptation, seed, slot)
     if returncode:
         logging.error("%s seed %d: trainer exited %d after %.0f s", adaptation, seed,
                       returncode, seconds)
@@ -128,10 +262,25 @@ def _train_logged(options: ReportOptions, key: tuple[str, int]) -> tuple | None:
     return None
 
 
-def train_missing(options: ReportOptions, todo: list[tuple[str, int]]) -> set[tuple[str, int]]:
-    """Trains (or resumes) the given runs, --jobs at a time; returns those trained."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        outcomes = list(pool.map(lambda key: _train_logged(options, key), todo))
+def train_missing(options: ReportOptions, todo: list[tuple[str, int]],
+                  slots: list[Slot] | None = None) -> set[tuple[str, int]]:
+    """Trains (or resumes) the given runs, one per slot at a time (default: --placement's
+    slots for --jobs); a slot takes its next run only when its last one has ended."""
+    slots = placement_slots(options) if slots is None else slots
+    free = queue.SimpleQueue()
+    for slot in slots:
+        free.put(slot)
+
+    def train(key):
+        # As many workers as slots: a worker always finds one free.
+        slot = free.get_nowait()
+        try:
+            return _train_logged(options, key, slot)
+        finally:
+            free.put(slot)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        outcomes = list(pool.map(train, todo))
     failures = [f for f in outcomes if f is not None]
     if failures:
         stopped = [code for _, code, _ in failures if code >= 128]

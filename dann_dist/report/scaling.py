@@ -3,7 +3,9 @@
 --scaling_flagfile names for B, and one row per (B, adaptation): accuracy over seeds,
 steps, wall time, images/s, the scaling rule the runs recorded, the label-free criteria
 at the final evaluation and, apart, the time until target accuracy first reaches a
-threshold (the only number here that uses target labels; it chooses nothing)."""
+threshold (the only number here that uses target labels; it chooses nothing), and the
+study's measure: steps to a target fixed before the study, per B and seed, with the gradient
+noise scale beside it and a log-log plot (dann_dist.report.steps_to_target)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import os
 
 from absl import logging
 
-from dann_dist import cli
+from dann_dist import atomic, cli
 from dann_dist.report.build import report_and_runs, write_summary
 from dann_dist.report.markdown import fmt
 from dann_dist.report.options import (
@@ -21,6 +23,11 @@ from dann_dist.report.options import (
     NoFinishedRunError,
     ReportError,
     ReportOptions,
+)
+from dann_dist.report.steps_to_target import (
+    steps_plot_png,
+    steps_to_target_lines,
+    steps_to_target_table,
 )
 from dann_dist.report.tables import finished, shared, summarise
 
@@ -53,11 +60,36 @@ def check_scaling_options(options: ReportOptions) -> None:
     if not 0 < options.time_to_accuracy <= 1:
         raise ReportError(f"--time_to_accuracy={options.time_to_accuracy}: choose a target "
                           "accuracy in (0, 1].", cli.EXIT_USAGE)
+    if options.target_accuracy is not None and not 0 < options.target_accuracy <= 1:
+        raise ReportError(f"--target_accuracy={options.target_accuracy}: choose a target "
+                          "accuracy in (0, 1].", cli.EXIT_USAGE)
+    _check_plot_path(options.plot_path)
     for batch_size in options.batch_sizes:
         flagfile = options_for_batch(options, batch_size).train_flagfile
         if not options.collect_only and not os.path.isfile(flagfile):
             raise ReportError(f"--scaling_flagfile gives {flagfile} for batch {batch_size}: no "
                               f"such file (paths are relative to {os.getcwd()}).", cli.EXIT_USAGE)
+
+
+def _check_plot_path(plot_path: str) -> None:
+    if not plot_path:
+        return
+    existing = os.path.dirname(os.path.abspath(plot_path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not plot_path.endswith(".png") or os.path.isdir(plot_path):
+        raise ReportError(f"--plot_path={plot_path}: give a .png file name, e.g. "
+                          "results/steps_to_target.png.", cli.EXIT_USAGE)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise ReportError(f"--plot_path={plot_path}: {existing} is not a writable directory.",
+                          cli.EXIT_USAGE)
+
+
+def target_of(options: ReportOptions) -> tuple[float, str]:
+    """The steps-to-target accuracy and how it was given."""
+    if options.target_accuracy is not None:
+        return options.target_accuracy, f"--target_accuracy={options.target_accuracy:g}"
+    return options.time_to_accuracy, f"--time_to_accuracy={options.time_to_accuracy:g}"
 
 
 def time_to_accuracy(history: list[dict], threshold: float) -> dict | None:
@@ -121,13 +153,14 @@ def _batch_report(options: ReportOptions, batch_size: int, domains) -> tuple | N
 
 def scaling_table(options: ReportOptions, domains=None) -> dict:
     """Makes the ordinary report of every batch size and returns the scaling content."""
-    rows, without_runs, data = [], [], None
+    rows, without_runs, data, runs_by_batch = [], [], None, {}
     for batch_size in options.batch_sizes:
         made = _batch_report(options, batch_size, domains)
         if made is None:
             without_runs.append(batch_size)
             continue
         report, runs = made
+        runs_by_batch[batch_size] = runs
         data = data or report["data"]
         for adaptation in ORDER:
             results = finished(runs, adaptation)
@@ -140,7 +173,9 @@ def scaling_table(options: ReportOptions, domains=None) -> dict:
                           "--collect_only to train them.", cli.EXIT_USAGE)
     return {"batch_sizes": list(options.batch_sizes), "rows": rows, "data": data,
             "without_runs": without_runs, "time_to_accuracy_threshold": options.time_to_accuracy,
-            "flagfile_pattern": options.scaling_flagfile}
+            "flagfile_pattern": options.scaling_flagfile,
+            "steps_to_target": {**steps_to_target_table(runs_by_batch, *target_of(options)),
+                                "plot_path": options.plot_path}}
 
 
 def _value(value, digits: str = "g") -> str:
@@ -218,6 +253,9 @@ def scaling_markdown(scaling: dict, generated: str) -> str:
         "for any choice**.", "",
         *_time_lines(scaling["rows"]),
     ]
+    if scaling.get("steps_to_target"):
+        lines += ["", *steps_to_target_lines(scaling["steps_to_target"],
+                                             scaling["steps_to_target"].get("plot_path", ""))]
     if scaling["without_runs"]:
         lines += ["", "No finished run for B = "
                   f"{', '.join(map(str, scaling['without_runs']))} (--collect_only does not "
@@ -227,8 +265,14 @@ def scaling_markdown(scaling: dict, generated: str) -> str:
 
 def make_scaling_report(options: ReportOptions, domains=None) -> dict:
     """Reports every batch size in its own directory, then writes the scaling table to
-    <report_dir>/report.json (key "scaling") and <report_dir>/report.md."""
+    <report_dir>/report.json (key "scaling") and <report_dir>/report.md, and the
+    steps-to-target plot to <report_dir>/steps_to_target.png (and --plot_path)."""
     check_scaling_options(options)
     os.makedirs(options.report_dir, exist_ok=True)
-    return write_summary(options.report_dir, "scaling", scaling_table(options, domains),
-                         scaling_markdown)
+    content = scaling_table(options, domains)
+    png = steps_plot_png(content["steps_to_target"])
+    atomic.write_file(os.path.join(options.report_dir, content["steps_to_target"]["plot"]), png)
+    if options.plot_path:
+        os.makedirs(os.path.dirname(os.path.abspath(options.plot_path)), exist_ok=True)
+        atomic.write_file(options.plot_path, png)
+    return write_summary(options.report_dir, "scaling", content, scaling_markdown)

@@ -90,6 +90,15 @@ def test_unobtainable_mnist_exits_1(tmp_path):
     assert f"{tmp_path / 'missing'}: does not exist" in result.stderr
 
 
+def test_the_pair_is_a_flag_and_an_unknown_one_exits_1_listing_the_pairs(tmp_path):
+    assert "--pair" in run_cli("--help", home=tmp_path).stdout
+    result = run_cli(f"--data_dir={tmp_path / 'data'}", "--pair=svhn_mnist", home=tmp_path)
+    assert result.returncode == 1
+    assert "--pair=svhn_mnist: no such dataset pair; registered pairs: mnist_mnistm" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("flag", ["--mnistm_seed=-1", "--mnistm_version=3", "--mnistm_version=0"])
 def test_bad_flag_value_exits_2(tmp_path, flag):
     result = run_cli(f"--data_dir={tmp_path}", flag, home=tmp_path)

@@ -157,6 +157,12 @@ def _odd_size_png(folder):
     (lambda f: _set_label(f, "00000002.png"),
      r"mnist_m_train_labels.txt:3: expected '<name>.png <label>'"),
     (lambda f: _set_label(f, "00000002.png seven"), r"mnist_m_train_labels.txt:3: expected"),
+    # isdigit() says yes to these, and int() then raised a bare ValueError ("²") or read
+    # the Arabic-Indic three as label 3: only ASCII digits are labels.
+    (lambda f: _set_label(f, "00000002.png \u00b2"),
+     r"mnist_m_train_labels.txt:3: expected '<name>.png <label>' with the label in ASCII "
+     r"digits, got '00000002.png \u00b2'"),
+    (lambda f: _set_label(f, "00000002.png \u0663"), r"mnist_m_train_labels.txt:3: expected"),
     (_extra_png,
      r"mnist_m_train: image/label count mismatch: 13 PNG files, 12 labels.*00000099.png"),
     (_missing_png,
@@ -169,6 +175,33 @@ def test_bad_published_folder(published, mnist, tmp_path, corrupt, problem):
     folder, _, _ = published
     corrupt(folder)
     with pytest.raises(DataError, match=problem):
+        load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(folder))
+
+
+@pytest.mark.parametrize("odd", [0, 1])
+def test_an_odd_sized_png_is_named_even_when_it_comes_first(published, mnist, tmp_path, odd):
+    """The first PNG set the expected size, so a 28x28 first image made the next, good
+    32x32 one the culprit. Most images' size is the expected one."""
+    folder, _, _ = published
+    (folder / "mnist_m_train" / f"0000000{odd}.png").write_bytes(
+        encode_png(np.zeros((28, 28, 3), np.uint8)))
+    with pytest.raises(DataError) as error:
+        load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(folder))
+    message = str(error.value)
+    assert message.startswith(str(folder / "mnist_m_train" / f"0000000{odd}.png: image is "
+                                           "28x28x3, expected 32x32 RGB like 11 of the 12 "
+                                           "images")), message
+    assert f"(1 differ: 0000000{odd}.png)" in message
+
+
+def test_several_odd_pngs_are_counted_and_the_first_named(published, mnist, tmp_path):
+    folder, _, _ = published
+    for index in (0, 4, 7, 9, 10):
+        (folder / "mnist_m_train" / f"{index:08d}.png").write_bytes(
+            encode_png(np.zeros((28, 28, 3), np.uint8)))
+    with pytest.raises(DataError, match=r"00000000.png: image is 28x28x3, expected 32x32 RGB "
+                                        r"like 7 of the 12 images .*\(5 differ: 00000000.png, "
+                                        r"00000004.png, 00000007.png, \.\.\.\)"):
         load_mnistm(str(tmp_path / "data"), mnist, mnistm_path=str(folder))
 
 
