@@ -52,7 +52,7 @@ def horovodrun(np_: int, args: list[str]) -> list[str]:
 def synthetic(model_dir, *flags: str) -> list[str]:
     return [RUN_SYNTHETIC, f"--model_dir={model_dir}", "--train_steps=6", "--batch_size=16",
             "--checkpoint_every=3", "--log_every=3", "--eval_every=0", "--eval_batch_size=64",
-            "--export=false", *flags]
+            "--export=false", "--noise_scale_batches=0", *flags]
 
 
 def json_lines(output: str) -> list[dict]:

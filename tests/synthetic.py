@@ -92,6 +92,9 @@ def tiny_config(model_dir, **overrides):
     base = dict(model_dir=str(model_dir), train_steps=20, batch_size=16, log_every=10,
                 eval_every=0, checkpoint_every=10, eval_batch_size=64, strategy="single",
                 source_holdout=32, selection_images=64,
+                # The noise-scale measurement has tests of its own (test_noise_measure, the
+                # Horovod equivalence test); elsewhere it only costs time.
+                noise_scale_batches=0,
                 # Pinned so that results do not depend on the test machine's CPU (auto would
                 # pick bfloat16 where the CPU has it); the auto choice has its own tests.
                 precision="float32")
