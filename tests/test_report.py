@@ -16,9 +16,10 @@ from dann_dist.report import ReportError, ReportOptions
 from distributed_helpers import ROOT, RUN_SYNTHETIC, env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# As tests/synthetic.tiny_config (the synthetic data needs no --data_dir).
 TINY = ("--train_steps=6", "--batch_size=16", "--eval_every=2", "--log_every=3",
         "--checkpoint_every=3", "--eval_batch_size=64", "--export=false", "--strategy=single",
-        "--noise_scale_batches=0", "--data_dir=")  # as tests/synthetic.tiny_config: the synthetic data needs none
+        "--noise_scale_batches=0", "--data_dir=")
 ADAPTATIONS = ("source_only", "dann", "target_only")
 
 
