@@ -19,6 +19,7 @@ from dann_dist.config_checks import (
     check_bounds,
     check_budget,
     check_floats,
+    check_refinement,
     check_writable,
     steps_for_budget,
 )
@@ -64,7 +65,9 @@ class Config:
                              "bound); target_only: train on labelled target (the paper's upper "
                              "bound); cdan: conditional adversarial adaptation with entropy "
                              "weights (Long et al. 2018); vada: DANN + target entropy + "
-                             "virtual adversarial training (Shu et al. 2018).", ADAPTATIONS)
+                             "virtual adversarial training (Shu et al. 2018); dirtt: VADA, then "
+                             "--refine_steps of DIRT-T refinement on the target alone (Shu et "
+                             "al. 2018).", ADAPTATIONS)
     adversarial_loss: str = _field("grl", "grl: gradient reversal layer (paper); flipped_labels: "
                                    "the extractor minimises the domain loss with swapped domain "
                                    "labels (origin script, GAN-style).", ADVERSARIAL_LOSSES)
@@ -104,6 +107,20 @@ class Config:
     vat_xi: float = _field(1.0, "Finite-difference step of VAT's power iteration (L2 norm per "
                            "image). Not VAT's usual 1e-6: each pixel would move by ~2e-8, "
                            "which bfloat16's first layer (~4e-3 relative) rounds away.")
+    # DIRT-T's refinement phase (--adaptation=dirtt; dann_dist/methods/dirtt.py).
+    refine_steps: int = _field(0, "--adaptation=dirtt: the last this many of --train_steps "
+                               "refine the VADA model on target images alone (conditional "
+                               "entropy, target VAT and the teacher's trust region); the "
+                               "schedules (learning rate, lambda_p, warm-up) span the steps "
+                               "before them. 0 for every other method.")
+    refine_kl_weight: float = _field(0.01, "beta of DIRT-T: weight of KL(teacher || model) on "
+                                     "the target batch, the trust region that keeps each "
+                                     "refinement step near the teacher.")
+    refine_teacher_every: int = _field(1000, "Steps between the teacher's updates during "
+                                       "refinement: the teacher is the model as it was at the "
+                                       "start of refinement and every this many steps after "
+                                       "(each trust-region problem is solved approximately "
+                                       "with this many steps).")
 
     # Optimisation (paper: SGD momentum 0.9, mu_p = mu_0 / (1 + alpha p)^beta).
     train_steps: int = _field(12000, "Total optimisation steps; p = step / train_steps. "
@@ -231,7 +248,12 @@ class Config:
     def warmup_steps(self) -> int:
         if self.warmup_ramp_steps:
             return self.warmup_ramp_steps
-        return int(round(self.warmup_fraction * self.train_steps))
+        return int(round(self.warmup_fraction * self.schedule_steps))
+
+    @property
+    def schedule_steps(self) -> int:
+        """The steps the schedules span: all of them, less a refinement phase."""
+        return self.train_steps - self.refine_steps
 
 
 TEST_HOOKS = ("debug_nan_step",)
@@ -284,11 +306,13 @@ def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
 def validate(config: Config) -> Config:
     """Rejects settings that would fail later, naming the flag and the fix."""
     positive = ("train_steps", "batch_size", "log_every", "eval_batch_size", "checkpoint_every",
-                "keep_checkpoints", "lr_base_batch", "elastic_commit_every")
+                "keep_checkpoints", "lr_base_batch", "elastic_commit_every",
+                "refine_teacher_every")
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be a positive integer.")
     for name in ("eval_every", "noise_scale_batches", "warmup_ramp_steps", "lambda_ramp_steps",
+                 "refine_steps",
                  "max_train_examples", "max_test_examples", "source_holdout", "selection_images"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name}={getattr(config, name)}: must be >= 0.")
@@ -299,6 +323,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--warmup_ramp_steps={config.warmup_ramp_steps} and "
                           f"--warmup_fraction={config.warmup_fraction} both set the warm-up: "
                           "give one (the other 0).")
+    check_refinement(config)
     if config.disc_momentum != -1.0 and not 0.0 <= config.disc_momentum < 1.0:
         raise ConfigError(f"--disc_momentum={config.disc_momentum}: must be in [0, 1), or -1 "
                           "for --momentum.")

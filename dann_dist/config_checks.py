@@ -37,6 +37,7 @@ _FLOAT_RANGES = {
     "vat_xi": (0.0, 1e3, True),                # > 0
     "disc_learning_rate": (0.0, 10.0, True),   # 0: --learning_rate
     "disc_momentum": (-1.0, 1.0, False),       # -1: --momentum; checked in validate
+    "refine_kl_weight": (0.0, 1e3, True),
 }
 _POSITIVE_FLOATS = ("learning_rate", "domain_loss_weight", "extractor_width", "vat_epsilon",
                     "vat_xi")
@@ -57,7 +58,8 @@ def check_floats(config) -> None:
 # Upper bounds of integer flags: past them TensorFlow fails deep inside (int32 seeds, int64
 # step arithmetic) with a traceback instead of naming the flag.
 _INT_MAXIMA = {"seed": 2 ** 31 - 1, "train_steps": 10 ** 9, "train_pairs": 10 ** 12,
-               "batch_size": 2 ** 20}
+               "batch_size": 2 ** 20, "refine_steps": 10 ** 9,
+               "refine_teacher_every": 10 ** 9}
 # A checkpoint shard's name adds ~60 characters to --model_dir; Linux paths end at 4096.
 _MAX_MODEL_DIR = 3800
 
@@ -104,3 +106,18 @@ def check_writable(path: str, flag: str) -> None:
         raise ConfigError(f"{flag}={path}: {existing} exists and is not a directory.")
     if not os.access(existing, os.W_OK):
         raise ConfigError(f"{flag}={path}: {existing} is not writable; choose another directory.")
+
+
+def check_refinement(config) -> None:
+    """--refine_steps belongs to --adaptation=dirtt, which needs it inside the run."""
+    if config.adaptation != "dirtt":
+        if config.refine_steps:
+            raise ConfigError(f"--refine_steps={config.refine_steps} is DIRT-T's refinement "
+                              f"phase, but --adaptation={config.adaptation}: use "
+                              "--adaptation=dirtt, or --refine_steps=0.")
+        return
+    if not 0 < config.refine_steps < config.train_steps:
+        raise ConfigError(f"--adaptation=dirtt needs 0 < --refine_steps < --train_steps "
+                          f"(the last refine_steps steps refine the VADA model), got "
+                          f"--refine_steps={config.refine_steps} with --train_steps="
+                          f"{config.train_steps}.")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from dann_dist.methods import registry
+
 
 def progress(step, total_steps):
     """p = step / total_steps, clipped to [0, 1], as float32."""
@@ -69,7 +71,11 @@ def derived(config, backend) -> dict:
             "effective_learning_rate": config.effective_learning_rate,
             "adversary_scale": adversary_scale(config),
             "global_batch_per_domain": config.batch_size, "replicas": backend.num_replicas,
-            "per_replica_batch_per_domain": backend.per_replica_batch(config.batch_size)}
+            "per_replica_batch_per_domain": backend.per_replica_batch(config.batch_size),
+            "schedule_steps": config.schedule_steps,
+            # Which steps belong to which of the method's phases (DIRT-T has two).
+            "phases": [{"name": name, "first_step": first, "end_step": end}
+                       for name, first, end in registry.get(config.adaptation).phases(config)]}
 
 
 def describe(config) -> str:

@@ -71,7 +71,7 @@ def make_optimizer(config: Config, adversary: bool = False) -> keras.optimizers.
         momentum = config.momentum if config.disc_momentum < 0 else config.disc_momentum
     if config.lr_schedule == "annealed" or config.warmup_steps:
         alpha = config.lr_alpha if config.lr_schedule == "annealed" else 0.0
-        lr = schedules.AnnealedLearningRate(lr, config.train_steps, alpha, config.lr_beta,
+        lr = schedules.AnnealedLearningRate(lr, config.schedule_steps, alpha, config.lr_beta,
                                             config.warmup_steps)
     # The optimizer keeps the weight average (and checkpoints it); training never sees it.
     ema_momentum = config.effective_ema_momentum
@@ -90,13 +90,14 @@ def evaluation_weights(state: TrainState):
     if not first.use_ema:
         yield
         return
-    raw = {name: [v.numpy() for v in m.trainable_variables] for name, m in state.models.items()}
-    for name, model in state.models.items():
+    trained = {name: state.models[name] for name in state.optimizers}
+    raw = {name: [v.numpy() for v in m.trainable_variables] for name, m in trained.items()}
+    for name, model in trained.items():
         state.optimizers[name].finalize_variable_values(model.trainable_variables)
     try:
         yield
     finally:
-        for name, model in state.models.items():
+        for name, model in trained.items():
             for variable, value in zip(model.trainable_variables, raw[name]):
                 variable.assign(value)
 
@@ -105,9 +106,11 @@ def create_state(models: dict, config: Config) -> TrainState:
     """Creates optimizers with their slots, so that every replica and rank holds the
     complete state from the start (Horovod broadcasts it; checkpoints restore it)."""
     adversaries = registry.get(config.adaptation).adversary_groups
-    optimizers = {name: make_optimizer(config, name in adversaries) for name in models}
-    for name, model in models.items():
-        optimizers[name].build(model.trainable_variables)
+    # Groups without trainable weights (DIRT-T's teacher) have no optimizer.
+    optimizers = {name: make_optimizer(config, name in adversaries)
+                  for name, model in models.items() if model.trainable_variables}
+    for name, optimizer in optimizers.items():
+        optimizer.build(models[name].trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
     fingerprint = tf.Variable(0, dtype=tf.int64, trainable=False, name="config_fingerprint")
@@ -139,16 +142,25 @@ def adaptation_factor(config: Config, step) -> tf.Tensor:
     return registry.get(config.adaptation).adaptation_factor(config, step)
 
 
-def make_compute_gradients(models: dict, config: Config, global_batch: int) -> Callable:
-    """Returns fn(batch, lam, step, loss_scale) -> (flat gradients of the groups in the
-    models' order, unscaled; {metric name: (sum, count)}). loss_scale is 1 except under
-    mixed_float16."""
+def trained_groups(models: dict, config: Config, phase: str = "train") -> list:
+    """The groups a phase's step updates, in the models' order."""
+    frozen = registry.get(config.adaptation).frozen_groups(config, phase)
+    return [name for name, model in models.items()
+            if model.trainable_variables and name not in frozen]
+
+
+def make_compute_gradients(models: dict, config: Config, global_batch: int,
+                           phase: str = "train") -> Callable:
+    """Returns fn(batch, lam, step, loss_scale) -> (flat gradients of the phase's trained
+    groups in the models' order, unscaled; {metric name: (sum, count)}). loss_scale is 1
+    except under mixed_float16."""
     method = registry.get(config.adaptation)
     per_group = method.uses_group_losses(config)
     reversal_scale = schedules.adversary_scale(config)
+    groups = trained_groups(models, config, phase)
 
     def compute(batch, lam, step, scale):
-        ctx = base.StepContext(config, global_batch, lam, lam * reversal_scale, step)
+        ctx = base.StepContext(config, global_batch, lam, lam * reversal_scale, step, phase)
         with tf.GradientTape(persistent=per_group) as tape:
             objective = method.objective(models, batch, ctx)
             # Scaled inside the tape (scale is 1 unless mixed_float16), unscaled below.
@@ -157,11 +169,11 @@ def make_compute_gradients(models: dict, config: Config, global_batch: int) -> C
             else:
                 scaled_total = total_loss(objective.terms) * scale
         if per_group:
-            grads = [g for name, model in models.items()
-                     for g in tape.gradient(scaled[name], model.trainable_variables)]
+            grads = [g for name in groups
+                     for g in tape.gradient(scaled[name], models[name].trainable_variables)]
             del tape
         else:
-            variables = [v for m in models.values() for v in m.trainable_variables]
+            variables = [v for name in groups for v in models[name].trainable_variables]
             grads = tape.gradient(scaled_total, variables)
         return [g / scale for g in grads], objective.metrics
 
@@ -189,10 +201,11 @@ def clip_by_global_norm(grads: list, clip_norm: float) -> list:
     return [g * factor for g in grads]
 
 
-def apply_gradients(state: TrainState, grads: list) -> None:
+def apply_gradients(state: TrainState, grads: list, groups: list | None = None) -> None:
+    """Applies the flat gradients of `groups` (all that have optimizers: None)."""
     start = 0
-    for name, model in state.models.items():
-        variables = model.trainable_variables
+    for name in state.optimizers if groups is None else groups:
+        variables = state.models[name].trainable_variables
         state.optimizers[name].apply(grads[start:start + len(variables)], variables)
         start += len(variables)
 
@@ -212,12 +225,15 @@ def unpack_metrics(packed, names: list) -> dict:
     return {name: (packed[i], packed[k + i]) for i, name in enumerate(names)}
 
 
-def make_train_step(state: TrainState, config: Config, backend) -> Callable:
+def make_train_step(state: TrainState, config: Config, backend, phase: str = "train") -> Callable:
     """Returns a tf.function (iterator, stop) -> ({metric: (sum, count)} over all
-    replicas, lambda, stop votes). `stop` (0. or 1.) rides along with the metric
-    all-reduce, so a signal seen by any process stops every process after the same step,
-    at no extra cost; so does the finite-gradient vote of mixed_float16."""
-    compute = make_compute_gradients(state.models, config, backend.global_batch(config.batch_size))
+    replicas, lambda, stop votes) for the steps of the method's `phase`. `stop` (0. or
+    1.) rides along with the metric all-reduce, so a signal seen by any process stops
+    every process after the same step, at no extra cost; so does the finite-gradient vote
+    of mixed_float16."""
+    compute = make_compute_gradients(state.models, config,
+                                     backend.global_batch(config.batch_size), phase)
+    groups = trained_groups(state.models, config, phase)
     scaled = state.loss_scale is not None
     names: list = []
 
@@ -230,7 +246,7 @@ def make_train_step(state: TrainState, config: Config, backend) -> Callable:
             grads = [tf.where(finite > 0, g, tf.zeros_like(g)) for g in grads]
         if config.clip_norm > 0:
             grads = clip_by_global_norm(grads, config.clip_norm)
-        apply_gradients(state, grads)
+        apply_gradients(state, grads, groups)
         return tf.concat([pack_metrics(metrics, names), [stop, finite]], axis=0)
 
     @tf.function

@@ -46,7 +46,7 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 log "installing $TF_PACKAGE and the Python stack"
 "${pip[@]}" install --upgrade "pip>=24" "setuptools<81" wheel
 "${pip[@]}" install "$TF_PACKAGE" "absl-py>=2" "tensorboard>=2.20" "numpy>=1.26" \
-  "pytest>=8" "pytest-timeout" "cloudpickle" "psutil" "packaging" "pyyaml" "matplotlib" \
+  "pytest>=8" "pytest-timeout" "pytest-xdist>=3" "cloudpickle" "psutil" "packaging" "pyyaml" "matplotlib" \
   "ruff==0.17.6"
 
 if [[ "${DANN_SKIP_HOROVOD:-0}" != "1" ]]; then

@@ -122,3 +122,26 @@ def process_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def single_device(model_dir, domains, *flags: str) -> dict:
+    """The run that synthetic(model_dir, *flags) describes, on one device in this process
+    (the reference of an equivalence test without another TensorFlow start-up; the same
+    data as tests/run_synthetic.py's). Returns its final metrics."""
+    import dataclasses
+
+    from dann_dist import trainer
+    from dann_dist.config import Config
+
+    from synthetic import tiny_config
+
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    parse = {"int": int, "float": float, "str": str, "bool": lambda v: v == "true"}
+    values = {}
+    for flag in synthetic(model_dir, *flags)[1:]:
+        name, sep, value = flag[2:].partition("=")
+        if not sep:  # --flag / --noflag (booleans)
+            name, value = (name[2:], "false") if name not in types else (name, "true")
+        values[name] = parse[types[name]](value)
+    values.pop("model_dir")
+    return trainer.train_and_evaluate(tiny_config(model_dir, **values), domains=domains)

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from dann_dist import step as step_lib
 
-from distributed_helpers import horovodrun, max_weight_difference, run, synthetic
+from distributed_helpers import horovodrun, max_weight_difference, run, single_device, synthetic
 
 # A clip well below the synthetic runs' gradient norms (about 1 to 3), so every step clips.
 CLIP = ("--clip_norm=0.05",)
@@ -34,14 +34,15 @@ def test_mirrored_clips_the_norm_of_the_summed_gradient():
 
 
 @pytest.fixture(scope="module")
-def clipped_single(tmp_path_factory):
+def clipped_single(tmp_path_factory, domains):
+    # One device, in this process (the same data and flags as tests/run_synthetic.py's).
     model_dir = tmp_path_factory.mktemp("clipped_single")
-    run([sys.executable] + synthetic(model_dir, "--strategy=single", *CLIP))
+    single_device(model_dir, domains, *CLIP)
     return model_dir
 
 
-def test_clipping_changes_the_update(tmp_path, clipped_single):
-    run([sys.executable] + synthetic(tmp_path, "--strategy=single"))
+def test_clipping_changes_the_update(tmp_path, clipped_single, domains):
+    single_device(tmp_path, domains)
     assert max_weight_difference(clipped_single, tmp_path) > 1e-3
 
 

@@ -166,3 +166,14 @@ def test_the_ablation_flagfiles_add_the_strong_recipes_additions_one_at_a_time(t
              for before, after in zip(configs, configs[1:])]
     assert added == [{"input_norm"}, {"extractor_bn"}, {"source_augment"},
                      {"target_entropy_weight"}]
+
+
+def test_the_dirtt_flagfile_is_the_strong_recipe_then_8000_refinement_steps(tmp_path):
+    strong = parse("--flagfile=configs/mnist_mnistm_strong.cfg", f"--model_dir={tmp_path}")
+    dirtt = parse("--flagfile=configs/mnist_mnistm_dirtt.cfg", f"--model_dir={tmp_path}")
+    differ = {k for k, v in config_lib.to_dict(dirtt).items()
+              if config_lib.to_dict(strong)[k] != v}
+    assert differ == {"adaptation", "train_pairs", "train_steps", "refine_steps"}
+    # VADA runs the strong recipe's 24,000 steps with its schedules, then refines.
+    assert (dirtt.train_steps, dirtt.refine_steps, dirtt.schedule_steps) == (32000, 8000, 24000)
+    assert strong.schedule_steps == strong.train_steps == 24000

@@ -1,6 +1,7 @@
 """Data-parallel runs equal one device: MirroredStrategy on 2 logical CPUs and Horovod
--np 2 over Gloo, K steps at global batch B against one device at batch B; all ranks
-end identical; a dead rank ends the job in bounded time."""
+-np 2 over Gloo, K steps at global batch B against one device at batch B (run in this
+process: the same data and flags as tests/run_synthetic.py's); all ranks end identical;
+a dead rank ends the job in bounded time."""
 
 import os
 import signal
@@ -21,18 +22,17 @@ from distributed_helpers import (
     rank_exit_statuses,
     read_until,
     run,
+    single_device,
     synthetic,
 )
 
 
 @pytest.fixture(scope="module")
-def single_run(tmp_path_factory):
+def single_run(tmp_path_factory, domains):
     model_dir = tmp_path_factory.mktemp("single")
     # With the noise-scale measurement (a collective at the final evaluation): it must not
     # hang under Horovod nor change what is trained.
-    proc = run([sys.executable] + synthetic(model_dir, "--strategy=single",
-                                            "--noise_scale_batches=2"))
-    return model_dir, json_lines(proc.stdout)[-1]
+    return model_dir, single_device(model_dir, domains, "--noise_scale_batches=2")
 
 
 def test_mirrored_on_two_logical_cpus_equals_one_device(tmp_path, single_run):
@@ -46,7 +46,9 @@ def test_mirrored_on_two_logical_cpus_equals_one_device(tmp_path, single_run):
 
 
 def test_horovod_two_ranks_equal_one_device_and_each_other(tmp_path, single_run):
-    proc = run(horovodrun(2, synthetic(tmp_path, "--strategy=horovod", "--noise_scale_batches=2")))
+    # --strategy=auto: under horovodrun it must pick Horovod.
+    proc = run(horovodrun(2, synthetic(tmp_path, "--strategy=auto", "--noise_scale_batches=2")))
+    assert "strategy=horovod (auto: launched by horovodrun/mpirun)" in proc.stdout + proc.stderr
     finals = json_lines(proc.stdout)
     assert len(finals) == 2, proc.stdout
     assert finals[0]["weights_digest"] == finals[1]["weights_digest"], "ranks diverged"
@@ -57,7 +59,8 @@ def test_horovod_two_ranks_equal_one_device_and_each_other(tmp_path, single_run)
     assert len(os.listdir(tmp_path / "train")) == 1
 
 
-def test_horovod_equals_one_device_with_the_strong_recipes_augmentation_and_entropy(tmp_path):
+def test_horovod_equals_one_device_with_the_strong_recipes_augmentation_and_entropy(tmp_path,
+                                                                                  domains):
     # The colour augmentation is drawn per global batch and split like the indices, so each
     # rank augments its half exactly as one device augments the whole batch (ranks drawing
     # their own: 3.9e-3 after 4 steps). 4 steps, not 6: at step 6 one classifier ReLU sits
@@ -65,16 +68,11 @@ def test_horovod_equals_one_device_with_the_strong_recipes_augmentation_and_entr
     # the layers below it; every pair of these flags alone stayed within 2.3e-8).
     strong = ("--input_norm=image", "--source_augment=colour", "--target_entropy_weight=0.5",
               "--train_steps=4")
-    run([sys.executable] + synthetic(tmp_path / "single", "--strategy=single", *strong))
+    single_device(tmp_path / "single", domains, *strong)
     run(horovodrun(2, synthetic(tmp_path / "hvd", "--strategy=horovod", *strong)))
     difference = max_weight_difference(tmp_path / "single", tmp_path / "hvd")
     print(f"strong recipe, horovod -np 2 vs single: max |weight difference| = {difference:.3g}")
     assert difference < EQUIVALENCE_TOLERANCE
-
-
-def test_auto_picks_horovod_under_horovodrun(tmp_path):
-    proc = run(horovodrun(2, synthetic(tmp_path, "--strategy=auto", "--train_steps=2")))
-    assert "strategy=horovod (auto: launched by horovodrun/mpirun)" in proc.stdout + proc.stderr
 
 
 def test_a_dead_rank_ends_the_job_in_bounded_time(tmp_path):

@@ -58,13 +58,16 @@ def test_a_fresh_lease_is_refused_naming_the_holder_and_when_it_expires(tmp_path
     assert _lease(tmp_path)["holder"] == "old-holder"
 
 
-@pytest.mark.parametrize("pid, host", [
-    (os.getpid(), socket.gethostname()),  # a restarted container: the same pid is alive (us)
-    (1, socket.gethostname()),
-    (12345, "another-host.example"),      # a crashed node on a shared filesystem
-])
+# Named cases, the pid resolved in the test: ids must not depend on the collecting process
+# (pytest-xdist's workers collect separately and must agree).
+@pytest.mark.parametrize("holder", ["our_own_pid", "pid_1_here", "another_host"])
 def test_a_lease_older_than_the_ttl_is_taken_over_whatever_pid_it_names(tmp_path, caplog,
-                                                                       pid, host):
+                                                                       holder):
+    pid, host = {
+        "our_own_pid": (os.getpid(), socket.gethostname()),  # a restarted container: alive (us)
+        "pid_1_here": (1, socket.gethostname()),
+        "another_host": (12345, "another-host.example"),  # a crashed node, shared filesystem
+    }[holder]
     _write_lease(tmp_path, renewed=T0 - TTL - 1, pid=pid, host=host)
     with lease_lib.RunLock(str(tmp_path), clock=Clock()) as lock:
         assert _lease(tmp_path)["holder"] == lock.holder

@@ -161,7 +161,9 @@ def test_nan_loss_exits_3_with_the_step(tmp_path):
     (["positional"], "unexpected arguments"),
 ])
 def test_bad_flags_exit_2_with_a_clear_message_before_heavy_work(tmp_path, args, message):
-    cmd = [sys.executable, "-m", "dann_dist.train", f"--model_dir={tmp_path}/run"]
+    # -X importtime lists every module imported on stderr.
+    cmd = [sys.executable, "-X", "importtime", "-m", "dann_dist.train",
+           f"--model_dir={tmp_path}/run"]
     if "--logical_cpus=2" in args:
         cmd = [sys.executable] + synthetic(tmp_path / "run")
     (tmp_path / "a_file").write_text("not a directory")
@@ -172,6 +174,13 @@ def test_bad_flags_exit_2_with_a_clear_message_before_heavy_work(tmp_path, args,
     assert message in proc.stderr
     assert time.time() - started < 30
     assert not (tmp_path / "run" / "checkpoint").exists()
+    # The launcher and the devices are known once TensorFlow is up; /proc and /sys pass
+    # the access check and fail when the run directory is made.
+    found_later = ("--strategy=horovod", "--strategy=mirrored", "--model_dir=/proc",
+                   "--model_dir=/sys")
+    if not any(a.startswith(found_later) for a in args):
+        # Found by the flags alone, before TensorFlow was imported: a typo costs no start-up.
+        assert "| tensorflow" not in proc.stderr and "| dann_dist.config" in proc.stderr
 
 
 def test_evaluate_restores_the_checkpoints_on_disk_when_the_index_is_lost(tmp_path, domains):

@@ -137,8 +137,8 @@ def test_a_sigterm_during_the_last_step_exits_143_with_the_run_complete(
     real = step_lib.make_train_step
     config = _config(tmp_path)
 
-    def make_train_step(state, cfg, backend):
-        step_fn = real(state, cfg, backend)
+    def make_train_step(state, cfg, backend, *phase):
+        step_fn = real(state, cfg, backend, *phase)
 
         def wrapped(iterator, stop):
             out = step_fn(iterator, stop)

@@ -249,8 +249,8 @@ def _poison_weights_after(monkeypatch, at_step):
 
     real = step_lib.make_train_step
 
-    def make_train_step(state, config, backend):
-        train_step = real(state, config, backend)
+    def make_train_step(state, config, backend, *phase):
+        train_step = real(state, config, backend, *phase)
 
         def poisoned(iterator, stop):
             out = train_step(iterator, stop)

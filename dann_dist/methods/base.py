@@ -33,6 +33,7 @@ class StepContext:
     # keeps the adversarial path at its small-batch step while the learning rate is k times.
     reversal: tf.Tensor
     step: tf.Tensor           # steps done before this one
+    phase: str = "train"      # the method's phase this step belongs to (Method.phases)
 
 
 @dataclasses.dataclass
@@ -60,14 +61,9 @@ class Method:
     adversarial_losses: tuple[str, ...] = ("grl",)
 
     def build_models(self, config, image_shape, num_classes, sync_batchnorm) -> dict:
-        extractor = models_lib.feature_extractor(image_shape, config.input_norm,
-                                                 config.extractor_bn, config.extractor_width,
-                                                 sync_batchnorm)
-        feature_dim = extractor.output_shape[-1]
-        return {"extractor": extractor,
-                "classifier": models_lib.label_classifier(feature_dim, num_classes,
-                                                          config.classifier_head, sync_batchnorm),
-                **self.adversaries(config, feature_dim, num_classes, sync_batchnorm)}
+        models = prediction_models(config, image_shape, num_classes, sync_batchnorm)
+        feature_dim = models["extractor"].output_shape[-1]
+        return {**models, **self.adversaries(config, feature_dim, num_classes, sync_batchnorm)}
 
     def adversaries(self, config, feature_dim, num_classes, sync_batchnorm) -> dict:
         return {}
@@ -79,9 +75,29 @@ class Method:
     def adaptation_factor(self, config, step) -> tf.Tensor:
         if not self.adapts:
             return tf.constant(0.0)
-        total = config.lambda_ramp_steps or config.train_steps
+        total = config.lambda_ramp_steps or config.schedule_steps
         p = schedules.progress(step, total)
         return schedules.adaptation_factor(p, config.gamma, config.lambda_max)
+
+    def phases(self, config) -> tuple:
+        """(name, first step, end step) of each phase, in order: a method whose objective
+        changes during the run (DIRT-T's refinement) has several; the trainer traces one
+        step per phase."""
+        return (("train", 0, config.train_steps),)
+
+    def phase_at(self, config, step: int) -> tuple:
+        """The phase that step `step` + 1 belongs to (the last one at the end)."""
+        phases = self.phases(config)
+        return next((p for p in phases if p[1] <= step < p[2]), phases[-1])
+
+    def frozen_groups(self, config, phase: str) -> tuple:
+        """Groups that a phase's step leaves alone (weights and optimizer state); groups
+        without trainable weights (a teacher) never train."""
+        return ()
+
+    def after_step(self, models: dict, config, step: int) -> None:
+        """Runs after every optimizer step (step: steps done), on every process, before
+        any checkpoint of that step: updates of weights that no gradient trains."""
 
     def objective(self, models: dict, batch: dict, ctx: StepContext) -> Objective:
         raise NotImplementedError
@@ -90,6 +106,15 @@ class Method:
         """The discriminator's logits at evaluation (domain accuracy); None: no
         discriminator."""
         return None
+
+
+def prediction_models(config, image_shape, num_classes, sync_batchnorm) -> dict:
+    """The prediction path: {"extractor", "classifier"}."""
+    extractor = models_lib.feature_extractor(image_shape, config.input_norm, config.extractor_bn,
+                                             config.extractor_width, sync_batchnorm)
+    return {"extractor": extractor,
+            "classifier": models_lib.label_classifier(extractor.output_shape[-1], num_classes,
+                                                      config.classifier_head, sync_batchnorm)}
 
 
 def images(batch: dict):

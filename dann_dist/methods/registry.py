@@ -15,6 +15,7 @@ METHODS = {
     "target_only": "dann_dist.methods.target_only",
     "cdan": "dann_dist.methods.cdan",
     "vada": "dann_dist.methods.vada",
+    "dirtt": "dann_dist.methods.dirtt",
 }
 
 

@@ -72,7 +72,7 @@ def test_mnist_path_is_not_cached_so_a_later_run_uses_the_default(files, tmp_pat
     users, default = tiny_mnist_arrays(seed=1), tiny_mnist_arrays(seed=2)
     calls = default_source(monkeypatch, default)
     data_dir = tmp_path / "data"
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         mine = load_mnist(str(data_dir), mnist_path=str(files.mnist_idx(users)),
                           allow_download=False)
     assert_same_arrays(mine, users)
@@ -80,7 +80,7 @@ def test_mnist_path_is_not_cached_so_a_later_run_uses_the_default(files, tmp_pat
     assert not (data_dir / "mnist.npz").exists() and calls == []
 
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         later = load_mnist(str(data_dir), allow_download=False)
     assert_same_arrays(later, default)
     assert len(calls) == 1 and "taking the copy in the PyPI wheel" in caplog.text
@@ -92,7 +92,7 @@ def test_mnist_path_is_not_cached_so_a_later_run_uses_the_default(files, tmp_pat
     assert_same_arrays(again, users)
     assert (data_dir / "mnist.npz").read_bytes() == before
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         assert_same_arrays(load_mnist(str(data_dir), allow_download=False), default)
     assert "MNIST: source: cache" in caplog.text and len(calls) == 1
 
@@ -248,7 +248,7 @@ def test_damaged_cache_is_reported_and_rebuilt(tmp_path, monkeypatch, caplog):
 
     fresh = tiny_mnist_arrays(seed=2)
     default_source(monkeypatch, fresh)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         domain = load_mnist(str(data_dir), allow_download=False)
     assert "cache is damaged" in caplog.text
     assert_same_arrays(domain, fresh)

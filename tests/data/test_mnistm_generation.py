@@ -95,7 +95,7 @@ def test_cache_metadata_lists_only_the_train_photos_with_sha256(files, photos, t
 def test_grayscale_photos_are_skipped_and_all_gray_is_an_error(files, photos, tmp_path, caplog):
     gray = np.repeat(photos[0][..., :1], 3, axis=-1)
     folder = files.bsds_folder([gray, photos[1]], name="mixed")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         load_mnistm(str(tmp_path / "a"), tiny_mnist(), bsds_path=str(folder))
     assert "00000.jpg (grayscale)" in caplog.text
     _, meta = mnistm.read_cache(mnistm.cache_path(tmp_path / "a", bsds_path=str(folder)))

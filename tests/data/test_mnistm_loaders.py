@@ -282,13 +282,13 @@ def test_mnistm_path_is_cached_apart_and_a_later_run_uses_the_default(published,
     assert default_cache.read_bytes() == before  # the default cache never holds the user's set
     assert mnistm.cache_path(data_dir, mnistm_path=str(folder)).is_file()
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         later = load_mnistm(str(data_dir), mnist, photo_source=source)
     assert later.sha256() == generated.sha256() and later.sha256() != users.sha256()
     assert default_calls == [1]  # from its cache, not regenerated
     assert f"source: generated (version {mnistm.DEFAULT_VERSION})" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         again = load_mnistm(str(data_dir), mnist, mnistm_path=str(folder))
     assert again.sha256() == users.sha256() and "using cache" in caplog.text
     assert f"source --mnistm_path {folder}" in caplog.text
