@@ -89,6 +89,11 @@ class Backend:
     def barrier(self) -> None:
         """Returns once every process has reached it (no-op with one process)."""
 
+    def chief_says(self, message: str | None) -> str | None:
+        """The chief's `message` (its reason to refuse the run, or None), on every process
+        (one process: `message` itself)."""
+        return message
+
     def check_same_on_all_processes(self, what: str, value: str) -> None:
         """Raises InconsistentProcessesError on every process if `value` differs between
         processes (a rank with other data would otherwise fail later, or hang)."""

@@ -132,6 +132,9 @@ class Horovod(Backend):
     def barrier(self):
         self.hvd.allreduce(tf.constant(0.0), op=self.hvd.Sum, name="barrier")
 
+    def chief_says(self, message):
+        return self.hvd.broadcast_object(message, root_rank=0)
+
     def check_same_on_all_processes(self, what, value):
         values = self.hvd.allgather_object(value)
         if len(set(values)) > 1:

@@ -51,7 +51,7 @@ def train_and_evaluate(config: config_lib.Config, domains=None) -> dict:
     config, backend = start_backend(config)
     with contextlib.ExitStack() as stack:
         signals = stack.enter_context(stopping.Signals())
-        lock = stack.enter_context(claim.claim_run_dir(config)) if backend.is_chief else None
+        lock = _claim(stack, config, backend)
         inputs, fingerprint = inputs_lib.load(config, backend, domains)
         run = build(config, backend, inputs, fingerprint)
         run.lock = lock
@@ -106,6 +106,26 @@ def start_backend(config: config_lib.Config):
         logging.info("precision %s (%s)", precision, precision_reason)
         logging.info("%s", schedules.describe(config))
     return config, backend
+
+
+def _claim(stack: contextlib.ExitStack, config: config_lib.Config, backend):
+    """Chief: claims the run directory (its lease, held until the run ends). Distributed:
+    every process learns whether the chief could, so that a refused job ends on every rank
+    with the chief's reason (exit 2), not in a collective the chief never joins."""
+    refusal, lock = None, None
+    if backend.is_chief:
+        try:
+            lock = stack.enter_context(claim.claim_run_dir(config))
+        except config_lib.ConfigError as err:
+            refusal = err
+    # Distributed: not under --elastic, whose late joiners start here while the others train.
+    message = None if config.elastic else backend.chief_says(refusal and str(refusal))
+    if refusal is not None:
+        raise refusal
+    if message:
+        raise config_lib.ConfigError(f"process {backend.pipeline_index}: the chief refused the "
+                                     f"run: {message}")
+    return lock
 
 
 def build(config: config_lib.Config, backend, inputs: inputs_lib.Inputs,

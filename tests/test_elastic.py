@@ -69,12 +69,12 @@ def _lose_a_worker(tmp_path, victim: int):
     train; returns (exit code, output, commit step the survivor resumed from, survivor pid)."""
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    job = _launch(tmp_path / "run", pid_dir, "--train_steps=400", "--log_every=10",
+    job = _launch(tmp_path / "run", pid_dir, "--train_steps=200", "--log_every=10",
                   "--checkpoint_every=100", "--elastic_commit_every=20",
                   MIN_NP="1", MAX_NP="2", ELASTIC_TIMEOUT="30")
     lines, started = [], time.time()
     try:
-        read_until(job, r"step 30/400 ", started + 80, lines)
+        read_until(job, r"step 30/200 ", started + 80, lines)
         assert len(os.listdir(pid_dir)) == 2
         survivor = int((pid_dir / str(1 - victim)).read_text())
         os.kill(int((pid_dir / str(victim)).read_text()), signal.SIGKILL)
@@ -98,10 +98,10 @@ def _check_continued_to_the_end(tmp_path, code, out, resumed, survivor, survivor
     assert f"[{survivor}]<stderr>" in re.search(r".*elastic: process 0 of 1.*", out).group(0)
     assert "per replica=16" in out and "per replica=8" in out   # global batch kept: 16
     finals = json_lines(out)
-    assert len(finals) == 1 and finals[0]["step"] == 400, out[-3000:]
-    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-400")
+    assert len(finals) == 1 and finals[0]["step"] == 200, out[-3000:]
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-200")
     reader = tf.train.load_checkpoint(str(tmp_path / "run"))
-    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 400
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 200
 
 
 def test_killing_a_worker_continues_on_the_other_and_ends_at_train_steps(tmp_path):

@@ -12,7 +12,16 @@ import tensorflow as tf
 
 from dann_dist import lease, trainer
 
-from distributed_helpers import ROOT, env, horovodrun, json_lines, run, synthetic, wait_for
+from distributed_helpers import (
+    ROOT,
+    env,
+    horovodrun,
+    json_lines,
+    rank_exit_statuses,
+    run,
+    synthetic,
+    wait_for,
+)
 from synthetic import tiny_config
 
 
@@ -98,10 +107,17 @@ def test_a_second_run_on_a_locked_model_dir_exits_2_naming_the_holder(tmp_path):
                                                 "--checkpoint_every=100000"))
     try:
         wait_for(first, "step 5/")
-        second = run([sys.executable] + synthetic(tmp_path, "--train_steps=7"), check=False)
-        assert second.returncode == 2, second.stderr[-2000:]
-        assert f"in use by pid {first.pid} on host" in second.stderr
-        assert "Traceback" not in second.stderr
+        # A two-rank job: the chief refuses, and rank 1 ends with the chief's reason too,
+        # not with a traceback from a collective the chief never joined.
+        second = run(horovodrun(2, synthetic(tmp_path, "--strategy=horovod",
+                                             "--train_steps=7")), check=False)
+        out = second.stdout + second.stderr
+        assert rank_exit_statuses(out) == {0: 2, 1: 2}, out[-3000:]
+        assert re.search(rf"\[0\]<stderr>:.*in use by pid {first.pid} on host", out), out[-3000:]
+        assert re.search(r"\[1\]<stderr>:error: process 1: the chief refused the run: .*in use "
+                         rf"by pid {first.pid}", out), out[-3000:]
+        # (horovodrun's own traceback, reporting the ranks' statuses, is not ours.)
+        assert not re.search(r"\[\d\]<std\w+>:Traceback", out), out[-3000:]
     finally:
         first.send_signal(signal.SIGTERM)
         out, _ = first.communicate(timeout=30)
