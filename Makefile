@@ -18,11 +18,11 @@ train: setup
 
 # The lint gate first (ruff.toml: line length 100, McCabe complexity 15): seconds, and a
 # failure there stops the suite before its minutes. Two workers, one test file each at a
-# time (module fixtures stay shared): serially the suite kept about 1.25 of 2 cores busy
-# (32 min wall, 40 CPU-min; 2026-12-05, AVX2).
+# time (module fixtures stay shared), longest files first (tests/conftest.py): serially the
+# suite kept about 1.25 of 2 cores busy (32 min wall, 40 CPU-min; 2026-12-05, AVX2).
 TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .
