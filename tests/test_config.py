@@ -168,6 +168,28 @@ def test_the_ablation_flagfiles_add_the_strong_recipes_additions_one_at_a_time(t
                      {"target_entropy_weight"}]
 
 
+@pytest.mark.parametrize("batch_size", [64, 256, 1024])
+def test_the_strong_scaling_flagfiles_are_the_paper_ones_plus_the_strong_additions(
+        tmp_path, batch_size):
+    paper = config_lib.to_dict(parse(f"--flagfile=configs/scaling/b{batch_size}.cfg",
+                                     f"--model_dir={tmp_path}"))
+    strong = config_lib.to_dict(parse(f"--flagfile=configs/scaling/strong_b{batch_size}.cfg",
+                                      f"--model_dir={tmp_path}"))
+    assert {k: v for k, v in strong.items() if paper[k] != v} == {
+        "input_norm": "image", "extractor_bn": True, "source_augment": "colour",
+        "target_entropy_weight": 0.1}
+
+
+@pytest.mark.parametrize("flagfile, change", [
+    ("configs/ablation/strong_no_bn.cfg", {"extractor_bn": False}),
+    ("configs/ablation/strong_channel.cfg", {"input_norm": "channel"})])
+def test_issue_21s_candidates_change_one_thing_of_the_strong_recipe(tmp_path, flagfile, change):
+    strong = config_lib.to_dict(parse("--flagfile=configs/mnist_mnistm_strong.cfg",
+                                      f"--model_dir={tmp_path}"))
+    candidate = config_lib.to_dict(parse(f"--flagfile={flagfile}", f"--model_dir={tmp_path}"))
+    assert {k: v for k, v in candidate.items() if strong[k] != v} == change
+
+
 def test_the_dirtt_flagfile_is_the_strong_recipe_then_8000_refinement_steps(tmp_path):
     strong = parse("--flagfile=configs/mnist_mnistm_strong.cfg", f"--model_dir={tmp_path}")
     dirtt = parse("--flagfile=configs/mnist_mnistm_dirtt.cfg", f"--model_dir={tmp_path}")

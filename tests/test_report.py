@@ -211,6 +211,24 @@ def test_rerun_collects_without_retraining(built):
     assert metrics.exists()
 
 
+def test_first_seed_reports_the_seeds_from_there_on(built, tmp_path):
+    # A study's table on the seeds its pilots did not use: --first_seed=1 --seeds=2 is seeds
+    # 1 and 2 (seed 1 finished, seed 2 missing), never seed 0.
+    import shutil
+
+    copy = tmp_path / "r"
+    shutil.copytree(built[0], copy)
+    made = report_lib.make_report(tiny_options(copy, first_seed=1, seeds=2, collect_only=True,
+                                               pad_examples=0))
+    assert {(r["seed"], r["status"]) for r in made["runs"]} == {(1, "collected"),
+                                                                  (2, "missing")}
+    assert made["table"]["dann"]["seeds"] == [1]
+    assert "2 seed(s) (1..2) per row" in (copy / "report.md").read_text()
+    with pytest.raises(ReportError) as err:
+        report_lib.check_options(tiny_options(copy, first_seed=-1))
+    assert err.value.exit_code == 2 and "--first_seed" in str(err.value)
+
+
 def test_trainer_command_line_and_flag_checks(tmp_path):
     options = ReportOptions(report_dir=str(tmp_path), train_flags=("--eval_every=500",))
     argv = report_lib.trainer_argv(options, "dann", 2)

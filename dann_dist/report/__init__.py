@@ -8,7 +8,8 @@ feature plots.
   python -m dann_dist.report --report_dir=runs/scaling --batch_sizes=64,256,1024 --seeds=3
 
 `<report_dir>/<adaptation>/seed<k>/` is an ordinary --model_dir of dann_dist.train. For
-every adaptation (source_only, dann, target_only) and seed k < --seeds, a finished run
+every adaptation (--adaptations: source_only, dann, target_only by default, or any
+registered method) and seed k in --first_seed .. --first_seed + --seeds - 1, a finished run
 (metrics.json at the run's last step) is collected; any other is trained, or resumed
 from its checkpoint, by `<train command> --flagfile=<train_flagfile> <flags after -->
 --model_dir=... --adaptation=... --seed=k`, its output going to `train.log` in that
@@ -18,7 +19,7 @@ Then, all from the runs' files:
 - report.md / report.json: target and source accuracy, mean +- std over seeds, next to
   the paper's numbers; the step and target accuracy picked by each model selection
   criterion of dann_dist.report.selection (none uses target labels, except the row labelled
-  oracle); the proxy A-distance of source-only and DANN features;
+  oracle); the proxy A-distance of the features of every method but train-on-target;
 - curves.png: source/target accuracy, domain accuracy, lambda and learning rate against
   the step, one row per adaptation, one line per seed;
 - features.png: 2-D PCA of extracted features of held-out source and target test
@@ -37,7 +38,10 @@ copies it, e.g. into results/; dann_dist.report.steps_to_target).
 --jobs=N trains N runs at a time, each in a slot of its own (--placement=auto|cpu|gpu|none):
 one GPU per run (CUDA_VISIBLE_DEVICES; --devices names them), or a disjoint set of CPU
 cores per run with its thread counts set to match, so that N runs on N devices take 1/N
-of the time instead of oversubscribing one.
+of the time instead of oversubscribing one. Measured on a 2-core AVX2 CPU (2026-12-05,
+two 1,500-step DANN runs): one after another with TensorFlow's threads (--jobs=1) 449 s,
+pinned one per core (--jobs=2 --placement=cpu) 479 s: 0.94x, since one run's step already
+kept 1.9 cores busy. On CPUs, placement pays only where one run cannot fill the cores.
 
 Modules: options (flags' dataclass, checks), runs (finding, training, reading runs),
 tables, selection, features (proxy_a_distance, feature_plots), curves, markdown, build

@@ -47,7 +47,7 @@ def _feature_analysis(options: ReportOptions, runs: dict, domains):
     analysed = [r for r in runs.values() if r["result"] and r["adaptation"] in ANALYSED]
     if not (options.pad_examples and analysed):
         note = ("Not computed: --pad_examples=0." if not options.pad_examples else
-                "Not computed: needs a finished source_only or dann run.")
+                "Not computed: needs a finished run of a method other than target_only.")
         return None, None, note, domains
     if domains is None:
         domains = load_analysis_domains(analysed)
@@ -75,6 +75,7 @@ def _content(options: ReportOptions, runs: dict, adaptations: list[str], domains
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "report_dir": options.report_dir,
         "seeds": options.seeds,
+        "first_seed": options.first_seed,
         "adaptations": adaptations,
         "train_command": shlex.join(trainer_argv(options, "ADAPTATION", 0)[:-3])
         + " --model_dir=<report_dir>/<adaptation>/seed<k> --adaptation=<adaptation> --seed=<k>",

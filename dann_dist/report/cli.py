@@ -12,6 +12,7 @@ from dann_dist.report import selection
 from dann_dist.report.build import make_report
 from dann_dist.report.markdown import markdown
 from dann_dist.report.options import (
+    DEFAULT_ADAPTATIONS,
     FILES,
     ORDER,
     PLACEMENTS,
@@ -31,9 +32,13 @@ def define_flags() -> None:
                         "Holds <adaptation>/seed<k>/ (ordinary --model_dir's of dann_dist.train) "
                         "and the report: report.md, report.json, curves.png, features.png, "
                         "tensorboard/.")
-    flags.DEFINE_integer("seeds", 3, "Seeds 0..S-1 per adaptation.", lower_bound=1)
-    flags.DEFINE_list("adaptations", list(ORDER),
-                      "Rows of the table, any of source_only, dann, target_only.")
+    flags.DEFINE_integer("seeds", 3, "How many seeds per adaptation: --first_seed .. "
+                         "--first_seed + S - 1.", lower_bound=1)
+    flags.DEFINE_integer("first_seed", 0, "The first seed (e.g. 1 for a table on seeds that "
+                         "pilots on seed 0 did not use).", lower_bound=0)
+    flags.DEFINE_list("adaptations", list(DEFAULT_ADAPTATIONS),
+                      f"Rows of the table, any of {', '.join(ORDER)} (the registered "
+                      "methods, dann_dist/methods/registry.py).")
     flags.DEFINE_string("train_flagfile", "configs/mnist_mnistm.cfg",
                         "Flagfile of the trainer (passed to it as --flagfile; '' for none). "
                         "Named so because absl reserves --flagfile for this command's own flags. "
@@ -61,7 +66,9 @@ def define_flags() -> None:
                       "NAME=FLAGFILE,...: the recipe table, e.g. paper=configs/mnist_mnistm.cfg,"
                       "strong=configs/mnist_mnistm_strong.cfg. Each recipe is an ordinary report "
                       "in <report_dir>/<NAME>/, its missing runs trained with its flagfile (not "
-                      "--train_flagfile); <report_dir>/report.md and report.json (key recipes) "
+                      "--train_flagfile) for each of --adaptations, or for the one method "
+                      "named by NAME=FLAGFILE@METHOD (e.g. dirtt=configs/mnist_mnistm_dirtt.cfg"
+                      "@dirtt); <report_dir>/report.md and report.json (key recipes) "
                       "then hold one row per recipe and method, with the label-free criteria "
                       "and the cost. Empty: the ordinary report.")
 
@@ -112,7 +119,8 @@ def _batch_sizes(values: list[str]) -> tuple[int, ...]:
 
 def options_from_flags(train_flags: list[str]) -> ReportOptions:
     return ReportOptions(
-        report_dir=FLAGS.report_dir, seeds=FLAGS.seeds, adaptations=tuple(FLAGS.adaptations),
+        report_dir=FLAGS.report_dir, seeds=FLAGS.seeds, first_seed=FLAGS.first_seed,
+        adaptations=tuple(FLAGS.adaptations),
         train_flagfile=FLAGS.train_flagfile, train_command=FLAGS.train_command,
         train_flags=tuple(train_flags), collect_only=FLAGS.collect_only, jobs=FLAGS.jobs,
         pad_examples=FLAGS.pad_examples, entropy_guard=FLAGS.entropy_guard,
@@ -122,7 +130,7 @@ def options_from_flags(train_flags: list[str]) -> ReportOptions:
         placement=FLAGS.placement, devices=tuple(FLAGS.devices))
 
 
-def _recipes(values: list[str]) -> tuple[tuple[str, str], ...]:
+def _recipes(values: list[str]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
     try:
         return parse_recipes(values)
     except ReportError as err:

@@ -39,8 +39,9 @@ def _plot_seed(axes, lr_ax, seed: int, history: list[dict], first: bool) -> None
 def _decorate(axes, lr_ax, adaptation: str) -> None:
     accuracy_ax, domain_ax, lambda_ax = axes
     name = NAMES[adaptation]
-    accuracy_ax.axhline(PAPER_TARGET_ACCURACY[adaptation], color="C3", lw=0.8, ls=":",
-                        label="paper, target")
+    if adaptation in PAPER_TARGET_ACCURACY:   # the methods the DANN paper ran
+        accuracy_ax.axhline(PAPER_TARGET_ACCURACY[adaptation], color="C3", lw=0.8, ls=":",
+                            label="paper, target")
     accuracy_ax.set(title=f"{name}: accuracy", xlabel="step", ylabel="accuracy", ylim=(0, 1.02))
     domain_ax.axhline(0.5, color="gray", lw=0.8, ls=":")
     domain_ax.set(title=f"{name}: domain accuracy (discriminator)", xlabel="step",

@@ -7,6 +7,15 @@ from dann_dist.report.options import FILES, NAMES
 from dann_dist.report.tables import RECIPE_KEYS
 
 
+def _seed_range(report: dict) -> str:
+    first = report.get("first_seed", 0)
+    return f"{first}..{first + report['seeds'] - 1}"
+
+
+def _paper(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def fmt(summary: dict | None, digits: int = 4) -> str:
     if not summary or summary["mean"] is None:
         return "n/a"
@@ -32,7 +41,7 @@ def header_section(report: dict) -> list[str]:
         "",
         f"- **Data.** Source: {report['data']['source']}. Target: {report['data']['target']} "
         f"(from {report['data']['from']}).",
-        f"- **Runs.** {report['seeds']} seed(s) (0..{report['seeds'] - 1}) per row, "
+        f"- **Runs.** {report['seeds']} seed(s) ({_seed_range(report)}) per row, "
         f"{', '.join(map(str, steps)) or '?'} training steps each, "
         f"{', '.join(map(str, evals)) or '?'} evaluation(s) per run. Recipe (from the runs' "
         "run.json): " + _recipe_text(report),
@@ -57,7 +66,7 @@ def accuracy_section(report: dict) -> list[str]:
         lines.append(f"| {NAMES[adaptation]} | {len(row['seeds'])} | "
                      f"{fmt(row['target_accuracy'])} | "
                      f"{fmt(row['source_accuracy'])} | {fmt(row['domain_accuracy'])} | "
-                     f"{row['paper_target_accuracy']:.4f} |")
+                     f"{_paper(row['paper_target_accuracy'])} |")
     return lines + [
         "",
         "Domain accuracy is the discriminator's on both test sets (0.5: the features do not "

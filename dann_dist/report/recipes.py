@@ -31,32 +31,43 @@ ADDITION_KEYS = ("input_norm", "extractor_bn", "extractor_width", "source_augmen
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
-def parse_recipes(values: list[str]) -> tuple[tuple[str, str], ...]:
-    """["paper=configs/a.cfg", ...] -> (("paper", "configs/a.cfg"), ...)."""
+def parse_recipes(values: list[str]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """["paper=configs/a.cfg", "d=configs/b.cfg@dirtt", ...] ->
+    (("paper", "configs/a.cfg", ()), ("d", "configs/b.cfg", ("dirtt",)), ...): a recipe
+    trains the --adaptations rows, or the one method named after @ (a recipe such as
+    DIRT-T's is a method and its flagfile together; the report sets --adaptation itself)."""
     out = []
     for value in values:
-        name, sep, flagfile = value.partition("=")
-        if not sep or not _NAME.match(name) or not flagfile:
-            raise ReportError(f"--recipes: {value!r} is not NAME=FLAGFILE (NAME of letters, "
-                              "digits and _.+-), e.g. paper=configs/mnist_mnistm.cfg.",
-                              cli.EXIT_USAGE)
-        out.append((name, flagfile))
-    names = [name for name, _ in out]
+        name, sep, spec = value.partition("=")
+        flagfile, at, method = spec.partition("@")
+        if not sep or not _NAME.match(name) or not flagfile or (at and not method):
+            raise ReportError(f"--recipes: {value!r} is not NAME=FLAGFILE or "
+                              "NAME=FLAGFILE@METHOD (NAME of letters, digits and _.+-), e.g. "
+                              "paper=configs/mnist_mnistm.cfg or "
+                              "dirtt=configs/mnist_mnistm_dirtt.cfg@dirtt.", cli.EXIT_USAGE)
+        if at and method not in ORDER:
+            raise ReportError(f"--recipes: {value!r}: {method!r} is not a method; choose "
+                              f"among {', '.join(ORDER)}.", cli.EXIT_USAGE)
+        out.append((name, flagfile, (method,) if at else ()))
+    names = [name for name, _, _ in out]
     if len(set(names)) != len(names):
         raise ReportError(f"--recipes: the names {names} repeat; each names a directory.",
                           cli.EXIT_USAGE)
     return tuple(out)
 
 
-def options_for_recipe(options: ReportOptions, name: str, flagfile: str) -> ReportOptions:
-    """The ordinary report of one recipe: its own directory and trainer flagfile."""
+def options_for_recipe(options: ReportOptions, name: str, flagfile: str,
+                       methods: tuple[str, ...] = ()) -> ReportOptions:
+    """The ordinary report of one recipe: its own directory, trainer flagfile and rows."""
     return dataclasses.replace(options, report_dir=os.path.join(options.report_dir, name),
-                               train_flagfile=flagfile, recipes=())
+                               train_flagfile=flagfile, recipes=(),
+                               adaptations=methods or options.adaptations)
 
 
-def _recipe_report(options: ReportOptions, name: str, flagfile: str, domains):
+def _recipe_report(options: ReportOptions, name: str, flagfile: str, methods, domains):
     try:
-        return report_and_runs(options_for_recipe(options, name, flagfile), domains=domains)
+        return report_and_runs(options_for_recipe(options, name, flagfile, methods),
+                               domains=domains)
     except NoFinishedRunError:
         if not options.collect_only:
             raise
@@ -85,19 +96,23 @@ def recipe_row(name: str, flagfile: str, adaptation: str, results: list[dict],
 
 
 def _with_cost_ratio(rows: list[dict]) -> list[dict]:
-    """Each row's mean wall time over the first recipe's, same adaptation."""
-    first: dict[str, float] = {}
+    """Each row's mean wall time over the first recipe's row of the same method; a method
+    the first recipe does not train (a NAME=FLAGFILE@METHOD recipe) is compared with the
+    first recipe's DANN row (its first row if it has none)."""
+    first = [r for r in rows if r["recipe"] == rows[0]["recipe"]]
+    base_rows = {r["adaptation"]: r for r in reversed(first)}
+    fallback = base_rows.get("dann", first[0])
     for row in rows:
         seconds = row["train_seconds"]["mean"]
-        base = first.setdefault(row["adaptation"], seconds)
+        base = base_rows.get(row["adaptation"], fallback)["train_seconds"]["mean"]
         row["time_ratio"] = seconds / base if seconds and base else None
     return rows
 
 
 def recipes_table(options: ReportOptions, domains=None) -> dict:
     rows, without_runs, data = [], [], None
-    for name, flagfile in options.recipes:
-        made = _recipe_report(options, name, flagfile, domains)
+    for name, flagfile, methods in options.recipes:
+        made = _recipe_report(options, name, flagfile, methods, domains)
         if made is None:
             without_runs.append(name)
             continue
@@ -113,7 +128,8 @@ def recipes_table(options: ReportOptions, domains=None) -> dict:
     if not rows:
         raise ReportError(f"no finished run under {options.report_dir}/<recipe> for --recipes: "
                           "run without --collect_only to train them.", cli.EXIT_USAGE)
-    return {"recipes": [{"name": n, "flagfile": f} for n, f in options.recipes],
+    return {"recipes": [{"name": n, "flagfile": f, "methods": list(m)}
+                        for n, f, m in options.recipes],
             "rows": _with_cost_ratio(rows), "data": data, "without_runs": without_runs}
 
 
@@ -125,13 +141,18 @@ def _additions(row: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in row["additions"].items())
 
 
+def _spec(recipe: dict) -> str:
+    methods = recipe.get("methods") or []
+    return f"{recipe['name']}={recipe['flagfile']}" + "".join(f"@{m}" for m in methods)
+
+
 def recipes_markdown(recipes: dict, generated: str) -> str:
     data = recipes["data"] or {}
     lines = [
         "# Recipes: accuracy, label-free criteria and cost",
         "",
         "Generated by `python -m dann_dist.report --recipes="
-        f"{','.join(r['name'] + '=' + r['flagfile'] for r in recipes['recipes'])}` on "
+        f"{','.join(_spec(r) for r in recipes['recipes'])}` on "
         f"{generated}. Runs of a recipe: `<name>/<adaptation>/seed<k>/` (each an ordinary "
         "report directory).",
         "",
@@ -169,7 +190,7 @@ def recipes_markdown(recipes: dict, generated: str) -> str:
 def make_recipes_report(options: ReportOptions, domains=None) -> dict:
     """Reports every recipe in its own directory, then writes the recipe table to
     <report_dir>/report.json (key "recipes") and <report_dir>/report.md."""
-    for _, flagfile in options.recipes:
+    for _, flagfile, _ in options.recipes:
         if not options.collect_only and not os.path.isfile(flagfile):
             raise ReportError(f"--recipes: {flagfile}: no such file (paths are relative to "
                               f"{os.getcwd()}).", cli.EXIT_USAGE)

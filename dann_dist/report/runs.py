@@ -321,7 +321,8 @@ def _train_and_recheck(options: ReportOptions, states: dict) -> set:
 def collect_runs(options: ReportOptions, adaptations: list[str]) -> dict:
     """{(adaptation, seed): run} for every requested run, training the missing ones
     unless --collect_only; a run's "result" is None when it is not finished."""
-    keys = [(a, s) for a in adaptations for s in range(options.seeds)]
+    keys = [(a, s) for a in adaptations
+            for s in range(options.first_seed, options.first_seed + options.seeds)]
     try:
         train_steps = requested_train_steps(options) if not options.collect_only else None
     except flags.Error as err:

@@ -70,8 +70,8 @@ def table(runs: dict) -> dict:
             "seeds": [r["seed"] for r in results],
             "target_accuracy": summarise([m["target_accuracy"] for m in finals]),
             "source_accuracy": summarise([m["source_accuracy"] for m in finals]),
-            "domain_accuracy": summarise([m["domain_accuracy"] for m in finals]),
-            "paper_target_accuracy": PAPER_TARGET_ACCURACY[adaptation],
+            "domain_accuracy": summarise([m.get("domain_accuracy") for m in finals]),
+            "paper_target_accuracy": PAPER_TARGET_ACCURACY.get(adaptation),
             "selection": {c: _selection_row(results, c) for c in selection.CRITERIA},
         }
     return out
