@@ -17,4 +17,7 @@ for version in ${1:-1 2}; do
   "$PY" -m dann_dist.report --report_dir="runs/study21/v$version" --recipes="$RECIPES" \
     --adaptations=dann --seeds=3 --jobs="${JOBS:-1}" --placement="${PLACEMENT:-auto}" \
     -- --mnistm_version="$version"
+  # The label-free choice on this target (results/plan.md: a 1-point guard).
+  "$PY" -m dann_dist.report.choice --recipes_report="runs/study21/v$version/report.json" \
+    --guard=0.01 || true
 done

@@ -1,6 +1,8 @@
 #!/bin/bash
 # Issue 19's pre-registered study (results/plan.md), one phase at a time, per recipe:
 #   scripts/study_scaling.sh pilots paper   # seed 0, three rules at B = 256 and 1024
+#   scripts/study_scaling.sh choose paper   # the label-free choice per B (prints it; its
+#                                           # flags then go into configs/scaling/b*.cfg)
 #   scripts/study_scaling.sh b64 paper      # seeds 1-3 at B = 64 (the baseline, and the
 #                                           # strong recipe's target)
 #   scripts/study_scaling.sh table paper    # seeds 1-3 at B = 256 and 1024 with the chosen
@@ -53,6 +55,8 @@ case "$phase" in
       report --report_dir="$root/pilots/$rule" --batch_sizes=256,1024 --seeds=1 \
         -- "${LARGE[@]}" "${flags[@]}"
     done ;;
+  choose)
+    "$PY" -m dann_dist.report.choice --pilots="$root/pilots" --batch_sizes=256,1024 ;;
   b64)
     report --report_dir="$root/table" --batch_sizes=64 --first_seed=1 --seeds=3 \
       -- --eval_every=600 ;;
@@ -62,5 +66,5 @@ case "$phase" in
       --target_accuracy="$t" -- "${LARGE[@]}"
     report --report_dir="$root/table" --batch_sizes=64,256,1024 --first_seed=1 --seeds=3 \
       --collect_only --target_accuracy="$t" --plot_path="results/steps_to_target_$recipe.png" ;;
-  *) echo "usage: $0 pilots|b64|table paper|strong (results/plan.md)" >&2; exit 2 ;;
+  *) echo "usage: $0 pilots|choose|b64|table paper|strong (results/plan.md)" >&2; exit 2 ;;
 esac

@@ -24,6 +24,8 @@ def _help(command, *args):
     ("report", "-h", ["--report_dir", "--seeds", "--train_flagfile"],
      "The paper's table over several seeds"),
     ("bench", "-h", ["--steps", "--configs", "--[no]baseline"], "Speed benchmark"),
+    ("report.choice", "-h", ["--pilots", "--recipes_report", "--guard"],
+     "The label-free choice between a study's candidates"),
 ])
 def test_help_lists_the_commands_own_flags_and_exits_0(command, flag, own, usage):
     proc = _help(command, flag)

@@ -39,6 +39,11 @@ def test_pilots_are_seed_0_of_three_rules_at_twice_the_examples():
             "adversary64_nesterov": " --scale_adversary=false --optimizer=nesterov"}[rule])
 
 
+def test_the_choice_reads_the_pilots_of_both_batch_sizes():
+    assert run("study_scaling.sh", "choose", "paper").stdout.splitlines() == [
+        "-m dann_dist.report.choice --pilots=runs/study19/paper/pilots --batch_sizes=256,1024"]
+
+
 def test_the_table_uses_seeds_1_to_3_and_the_paper_target_fixed_in_the_plan():
     b64 = run("study_scaling.sh", "b64", "paper").stdout.splitlines()
     assert b64 == ["-m dann_dist.report --adaptations=dann --pad_examples=0 --jobs=1 "
@@ -67,8 +72,10 @@ def test_the_strong_target_is_its_b64_mean_minus_2_points_once_3_seeds_finished(
 
 def test_the_ablation_runs_the_four_candidates_on_both_targets():
     lines = run("study_recipes.sh").stdout.splitlines()
-    assert len(lines) == 2
-    for line, version in zip(lines, (1, 2)):
+    assert len(lines) == 4
+    assert lines[1] == lines[3].replace("v2", "v1") == (
+        "-m dann_dist.report.choice --recipes_report=runs/study21/v1/report.json --guard=0.01")
+    for line, version in zip(lines[::2], (1, 2)):
         assert (f"--report_dir=runs/study21/v{version} --recipes=strong=configs/"
                 "mnist_mnistm_strong.cfg,no_bn=configs/ablation/strong_no_bn.cfg,channel="
                 "configs/ablation/strong_channel.cfg,dirtt=configs/mnist_mnistm_dirtt.cfg@dirtt "

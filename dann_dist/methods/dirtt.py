@@ -58,9 +58,6 @@ class DirtT(Vada):
             return super().objective(models, batch, ctx)
         return refinement(models, batch, ctx)
 
-    def domain_logits(self, models, features, class_logits):
-        return models["discriminator"](features, training=False)
-
 
 def refinement(models, batch, ctx) -> base.Objective:
     """The refinement objective on this replica's target images."""
