@@ -49,7 +49,11 @@ def test_the_table_uses_seeds_1_to_3_and_the_paper_target_fixed_in_the_plan():
     assert b64 == ["-m dann_dist.report --adaptations=dann --pad_examples=0 --jobs=1 "
                    "--scaling_flagfile=configs/scaling/b{batch_size}.cfg "
                    "--report_dir=runs/study19/paper/table --batch_sizes=64 --first_seed=1 "
-                   "--seeds=3 -- --eval_every=600"]
+                   "--seeds=3 -- --eval_every=600",
+                   "-m dann_dist.report --adaptations=dann --pad_examples=0 --jobs=1 "
+                   "--scaling_flagfile=configs/scaling/b{batch_size}.cfg "
+                   "--report_dir=runs/study19/paper/b64_half --batch_sizes=64 --first_seed=1 "
+                   "--seeds=3 -- --train_pairs=768000 --eval_every=300"]
     train, collect = run("study_scaling.sh", "table", "paper").stdout.splitlines()
     assert "--batch_sizes=256,1024 --first_seed=1 --seeds=3 --target_accuracy=0.8098" in train
     assert "--collect_only" in collect and "--batch_sizes=64,256,1024" in collect
