@@ -24,7 +24,10 @@ def env() -> dict:
     return env
 
 
-def run(cmd: list[str], timeout: int = 120, expect: int = 0) -> subprocess.CompletedProcess:
+# 120 s was too short for the two-rank bench on the 2026-12-05 AVX2 EPYC under the 2-worker
+# suite: it had printed its aggregate and was still exiting when killed (the suite ran 23 min
+# there against 14 on the previous AVX2 CPU). A hang still fails, at 300 s.
+def run(cmd: list[str], timeout: int = 300, expect: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == expect, (f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
