@@ -85,6 +85,11 @@ def test_recipes_are_chosen_on_their_means_over_seeds(tmp_path):
     # DIRT-T's entropy is lowest by design; 1.7 points of source validation put it out.
     result = choice.choose(choice.recipe_candidates(str(report)), guard=0.01)
     assert result["chosen"] == "no_bn" and result["rows"]["dirtt"]["verdict"].startswith("out")
+    # A recipe with two of its three seeds finished: no choice yet.
+    rows = json.loads(report.read_text())
+    rows["recipes"]["rows"][2]["seeds"] = [0, 1]
+    report.write_text(json.dumps(rows))
+    assert choice.choose(choice.recipe_candidates(str(report)), guard=0.01)["chosen"] is None
 
 
 @pytest.mark.parametrize("args, code, needle", [

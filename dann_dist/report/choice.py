@@ -16,12 +16,11 @@ candidate unfinished, or none left), 2 on bad flags.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 
-from dann_dist import cli
+from dann_dist import cli, rundir
 
 # results/plan.md: issue 12's criterion for the scaling rules (2 points), a floor that
 # marks a collapsed run; issue 21 passes --guard=0.01.
@@ -74,13 +73,13 @@ def pilot_candidates(pilots_dir: str, batch_size: int) -> dict:
 
     out = {}
     for rule in sorted(os.listdir(pilots_dir)):
-        model_dir = os.path.join(pilots_dir, rule, f"b{batch_size}", "dann", "seed0")
         if not os.path.isdir(os.path.join(pilots_dir, rule)):
             continue
+        model_dir = os.path.join(pilots_dir, rule, f"b{batch_size}", "dann", "seed0")
         run = {"seed": 0, "model_dir": model_dir, "result": None}
         entry = steps_to_target.seed_entry(run, target=2.0)   # 2.0: never reached
-        metrics = _read(os.path.join(model_dir, "metrics.json")) or {}
-        record = _read(os.path.join(model_dir, "run.json")) or {}
+        metrics = rundir.read_json(rundir.path(model_dir, rundir.METRICS)) or {}
+        record = rundir.read_json(rundir.path(model_dir, rundir.RUN_RECORD)) or {}
         status = entry["status"]
         if metrics and metrics.get("step") == (record.get("config") or {}).get("train_steps"):
             status = "finished"   # seed_entry reads final metrics only from a collected run
@@ -94,30 +93,22 @@ def pilot_candidates(pilots_dir: str, batch_size: int) -> dict:
     return out
 
 
-def recipe_candidates(report_json: str) -> dict:
-    """recipe -> candidate, on the means over seeds of `report --recipes`'s rows."""
-    table = (_read(report_json) or {}).get("recipes")
+def recipe_candidates(report_json: str, seeds: int = 3) -> dict:
+    """recipe -> candidate, on the means over seeds of `report --recipes`'s rows; a recipe
+    with fewer than `seeds` finished seeds is unfinished (no choice on part of its seeds)."""
+    table = (rundir.read_json(report_json) or {}).get("recipes")
     if not table:
         raise FileNotFoundError(f"{report_json}: no recipe table (report --recipes writes it)")
     out = {}
     for row in table["rows"]:
-        missing = row["recipe"] in table.get("without_runs", [])
         out[row["recipe"]] = {
-            "status": "missing" if missing else "finished",
+            "status": "finished" if len(row["seeds"]) >= seeds else "incomplete",
             "seeds": len(row["seeds"]),
             "source_val_accuracy": row["final_source_val_accuracy"]["mean"],
             "target_entropy": row["final_target_entropy"]["mean"]}
     for name in table.get("without_runs", []):
         out[name] = {"status": "missing"}
     return out
-
-
-def _read(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def markdown(title: str, result: dict) -> str:
@@ -151,8 +142,8 @@ def main(argv) -> None:
                 print(markdown(f"B = {batch_size}, pilots in {options.pilots}", result))
                 chosen_all &= result["chosen"] is not None
         if options.recipes_report:
-            result = choose(recipe_candidates(options.recipes_report), options.guard,
-                            options.floor)
+            result = choose(recipe_candidates(options.recipes_report, options.seeds),
+                            options.guard, options.floor)
             print(markdown(f"recipes of {options.recipes_report}", result))
             chosen_all &= result["chosen"] is not None
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:
@@ -166,6 +157,8 @@ def define_flags() -> None:
     flags.DEFINE_string("pilots", "", "Directory of pilots: <pilots>/<rule>/b<B>/dann/seed0/.")
     flags.DEFINE_list("batch_sizes", ["256", "1024"], "With --pilots: one choice per B.")
     flags.DEFINE_string("recipes_report", "", "report.json of `report --recipes`.")
+    flags.DEFINE_integer("seeds", 3, "With --recipes_report: finished seeds a recipe needs "
+                         "before it can be chosen.", lower_bound=1)
     flags.DEFINE_float("guard", DEFAULT_GUARD, "How far below the best source validation "
                        "accuracy a candidate may be and stay in.", lower_bound=0.0)
     flags.DEFINE_float("floor", DEFAULT_FLOOR, "Source validation accuracy below which a "
