@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 21's pre-registered ablation (results/plan.md): four candidates x 3 seeds on both
 # generated targets. Trains only what is missing and resumes what was stopped: rerun the
-# same command after a stop. One run at a time (on 2 CPU cores, two runs pinned one per
+# same command after a stop. One run at a time (on 2 AVX2 CPU cores, two runs pinned one per
 # core took 0.94x the throughput of one after another, 2026-12-05); JOBS=N on N GPUs.
 #   scripts/study_recipes.sh          # both targets
 #   scripts/study_recipes.sh 2        # generator version 2 only
